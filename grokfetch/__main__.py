@@ -1,0 +1,3 @@
+from grokfetch.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,74 @@
+"""The ``grokfetch`` command line: a thin typer app over the library.
+
+Each command module (``grokfetch/cli/<name>.py``) exposes ``register(app)``; a command parses
+its options, calls one library function and prints through :class:`~grokfetch.cli.output.Output`.
+:func:`main` maps :class:`~grokfetch.errors.GrokfetchError` to one line on stderr and its exit
+code (2 usage, 1 failed check, 130 interrupted); ``GROKFETCH_DEBUG=1`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import click
+import typer
+
+from grokfetch.errors import GrokfetchError
+
+COMMAND_MODULES = ("inspect", "fixture", "download", "verify", "convert", "smoke", "demo")
+
+app = typer.Typer(
+    name="grokfetch",
+    help="Get Grok-1 from a BitTorrent swarm to a working model: download, verify, convert, smoke.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(f"grokfetch.cli.{_name}").register(app)
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("GROKFETCH_DEBUG", "") not in ("", "0")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code instead of raising (tests call this directly)."""
+    from grokfetch.cli.output import Output
+
+    out = Output()
+    try:
+        rv = app(args=argv, prog_name="grokfetch", standalone_mode=False)
+    except click.exceptions.UsageError as exc:
+        exc.show()
+        return 2
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        out.error("interrupted")
+        return 130
+    except GrokfetchError as exc:
+        if debug_enabled():
+            raise
+        out.error(str(exc), exc.hint or "set GROKFETCH_DEBUG=1 for a traceback")
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except OSError as exc:
+        if debug_enabled():
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        out.error(f"{exc.strerror or exc}{where}", "set GROKFETCH_DEBUG=1 for a traceback")
+        return 1
+    return rv if isinstance(rv, int) else 0
+
+
+def entry() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

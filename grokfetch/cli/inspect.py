@@ -1,0 +1,81 @@
+"""``grokfetch inspect``: the tensor table, and what a checkpoint folder holds of it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from grokfetch.cli.options import JsonOpt, PresetOpt, examples
+
+EPILOG = examples("grokfetch inspect --preset grok-1", "grokfetch inspect --json | jq length",
+                  "grokfetch inspect ./grok-1 --preset grok-1")
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit, div in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f} {unit}"
+    return f"{n} B"
+
+
+def register(app: typer.Typer) -> None:
+    @app.command(epilog=EPILOG)
+    def inspect(
+        ckpt_dir: Annotated[Optional[Path], typer.Argument(help="A checkpoint folder to check "
+                                                                "against the table (optional).")] = None,
+        preset: PresetOpt = None,
+        json_: JsonOpt = False,
+    ) -> int:
+        """Show the tensor table (file, Haiku path, shape, dtype, sizes, GGUF name); with
+        CKPT_DIR, report each file as ok / missing / mismatched (reads headers only)."""
+        from rich.table import Table
+
+        from grokfetch.checkpoint.reader import open_checkpoint
+        from grokfetch.cli.output import Output
+        from grokfetch.spec import TensorTable, load_config
+
+        out = Output(json_mode=json_)
+        if ckpt_dir is None:
+            table = TensorTable(load_config(None, preset))
+            statuses = None
+        else:
+            ck = open_checkpoint(ckpt_dir, preset)
+            table = ck.table
+            statuses = {s.index: ck.status(s) for s in table}
+        rows = []
+        for spec in table:
+            row = spec.to_json()
+            if statuses is not None:
+                st = statuses[spec.index]
+                row["status"], row["detail"] = st.status, st.detail
+            rows.append(row)
+
+        def human(console) -> None:
+            t = Table(title=f"{table.config.name}: {len(table)} tensor files", show_lines=False)
+            for col in ("index", "file", "path", "shape", "dtype", "scales", "payload", "gguf"):
+                t.add_column(col, justify="right" if col in ("index", "payload") else "left")
+            if statuses is not None:
+                t.add_column("status")
+            for spec, row in zip(table, rows):
+                cells = [str(spec.index), spec.file, spec.path, "×".join(map(str, spec.shape)),
+                         spec.dtype, "×".join(map(str, spec.scales_shape or ())) or "–",
+                         _fmt_bytes(spec.payload_bytes), spec.gguf_name]
+                if statuses is not None:
+                    color = "green" if row["status"] == "ok" else "red"
+                    cells.append(f"[{color}]{row['status']}[/{color}] {row['detail']}")
+                t.add_row(*cells)
+            console.print(t)
+            console.print(f"total payload {table.payload_bytes:,} bytes, "
+                          f"files {table.file_bytes:,} bytes, {table.num_params:,} parameters")
+            if statuses is not None:
+                bad = [r for r in rows if r["status"] != "ok"]
+                console.print(f"{len(rows) - len(bad)} ok, "
+                              f"{sum(r['status'] == 'missing' for r in bad)} missing, "
+                              f"{sum(r['status'] != 'missing' for r in bad)} mismatched")
+
+        out.result(rows, human)
+        if statuses is not None and any(r["status"] != "ok" for r in rows):
+            return 1
+        return 0

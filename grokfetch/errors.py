@@ -1,0 +1,104 @@
+"""The exceptions grokfetch raises: a small tree whose members carry the data of the failure.
+
+Library code raises these and never prints; the CLI turns them into one line on stderr and an
+exit code (``exit_code``): 2 for usage errors, 1 for failed checks, 130 for interruptions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class GrokfetchError(Exception):
+    """Root of all grokfetch errors. ``hint`` says what to do about it."""
+
+    exit_code = 1
+    hint: str | None = None
+
+    def __init__(self, message: str, *, hint: str | None = None):
+        super().__init__(message)
+        if hint is not None:
+            self.hint = hint
+
+
+class UsageError(GrokfetchError):
+    """Bad arguments or a bad combination of them (exit code 2)."""
+
+    exit_code = 2
+
+
+class ConfigError(UsageError):
+    """A model config that is inconsistent or cannot be read."""
+
+    def __init__(self, source: str, problem: str):
+        self.source, self.problem = source, problem
+        super().__init__(f"bad model config {source}: {problem}")
+
+
+class NotFoundError(UsageError):
+    """A path the user named does not exist or is not what it should be."""
+
+    def __init__(self, path: Path | str, what: str, *, hint: str | None = None):
+        self.path, self.what = Path(path), what
+        super().__init__(f"{what} not found: {path}", hint=hint)
+
+
+class OutputExistsError(UsageError):
+    """An output that already exists would be overwritten."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        super().__init__(f"{path} already exists", hint="pass --force to overwrite it")
+
+
+class UnsafePathError(GrokfetchError):
+    """A path from a torrent or manifest that would leave its target folder."""
+
+    def __init__(self, path: str, root: Path | str, why: str):
+        self.path, self.root, self.why = path, Path(root), why
+        super().__init__(f"refusing path {path!r} ({why}): it must stay inside {root}")
+
+
+class CheckpointError(GrokfetchError):
+    """A checkpoint file that is not what the tensor table says it must be."""
+
+    def __init__(self, path: Path | str, problem: str, *, expected: object = None,
+                 actual: object = None, hint: str | None = None):
+        self.path, self.problem = Path(path), problem
+        self.expected, self.actual = expected, actual
+        detail = f" (expected {expected}, found {actual})" if expected is not None else ""
+        super().__init__(f"{path}: {problem}{detail}", hint=hint)
+
+
+class UnsafePickleError(CheckpointError):
+    """A pickle that asks for something a Grok-1 tensor file never holds. It was not executed."""
+
+    def __init__(self, path: Path | str, offending: str):
+        self.offending = offending
+        super().__init__(path, f"refused unsafe pickle content {offending}; nothing was executed",
+                         hint="the file is not a Grok-1 tensor file: delete it and download it again")
+
+
+class InsufficientSpaceError(GrokfetchError):
+    """Not enough free disk space for what is about to be written."""
+
+    def __init__(self, path: Path | str, needed: int, free: int):
+        self.path, self.needed, self.free = Path(path), needed, free
+        super().__init__(
+            f"not enough free space in {path}: need {needed / 1e9:.2f} GB, "
+            f"{free / 1e9:.2f} GB free",
+            hint="free some space or choose another folder (--force skips this check)")
+
+
+class CheckFailed(GrokfetchError):
+    """A verification found problems; ``findings`` lists them."""
+
+    def __init__(self, message: str, findings: list | None = None):
+        self.findings = findings or []
+        super().__init__(message)
+
+
+class Interrupted(GrokfetchError):
+    """The user interrupted a long job; what can be resumed was saved (exit code 130)."""
+
+    exit_code = 130
