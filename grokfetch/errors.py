@@ -102,3 +102,12 @@ class Interrupted(GrokfetchError):
     """The user interrupted a long job; what can be resumed was saved (exit code 130)."""
 
     exit_code = 130
+
+
+class DownloadFailed(GrokfetchError):
+    """A download that could not finish (no peers, stalled, a disk error); ``reason`` is a short
+    tag (``"stalled"``, ``"disk"``, ``"metadata"``) and resume data was saved where possible."""
+
+    def __init__(self, message: str, *, reason: str = "failed", hint: str | None = None):
+        self.reason = reason
+        super().__init__(message, hint=hint)

@@ -35,6 +35,8 @@ class Output:
     def __init__(self, json_mode: bool = False, quiet: bool = False):
         self.json_mode, self.quiet = json_mode, quiet
         self.console = Console(highlight=False, soft_wrap=False)
+        if not self.console.is_terminal:  # pipes and files get whole table rows, not 80 columns
+            self.console = Console(highlight=False, soft_wrap=False, width=220)
         self.err = Console(stderr=True, highlight=False)
 
     def result(self, data: Any, human: Callable[[Console], None] | None = None) -> None:

@@ -1,0 +1,126 @@
+"""libtorrent session settings and small helpers shared by the downloader and the seeder.
+
+Settings are built from plain options so tests can run a private swarm on 127.0.0.1 (no DHT,
+LSD, UPnP, NAT-PMP, uTP) and real downloads keep libtorrent's internet defaults.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from grokfetch.errors import UsageError
+
+USER_AGENT = "grokfetch/0.1"
+DEFAULT_LISTEN = "0.0.0.0:6881,[::]:6881"
+
+
+@dataclass(frozen=True)
+class NetOptions:
+    """Network switches common to downloading and seeding."""
+
+    listen: str | None = None          # "HOST:PORT" (port 0 = any free port); None = all interfaces
+    dht: bool = True
+    lsd: bool = True
+    upnp: bool = True                  # also switches NAT-PMP
+    utp: bool = True
+    max_download_rate: int | None = None   # bytes/s, applied to local peers too
+    max_upload_rate: int | None = None
+
+
+def parse_hostport(text: str, what: str = "peer") -> tuple[str, int]:
+    """``"1.2.3.4:6881"``, ``"[::1]:6881"`` or ``"host:6881"`` -> ``(host, port)``."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not host:
+        raise UsageError(f"bad {what} {text!r}; use HOST:PORT, e.g. 127.0.0.1:6881")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        p = int(port)
+    except ValueError:
+        raise UsageError(f"bad {what} {text!r}: port {port!r} is not a number") from None
+    if not 0 <= p <= 65535:
+        raise UsageError(f"bad {what} {text!r}: port out of range")
+    return host, p
+
+
+def resolve_peer(text: str) -> tuple[str, int]:
+    """A ``--peer`` value as a numeric ``(ip, port)`` libtorrent can dial."""
+    host, port = parse_hostport(text)
+    if port == 0:
+        raise UsageError(f"bad peer {text!r}: port 0")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise UsageError(f"cannot resolve peer {text!r}: {exc.strerror or exc}") from None
+    return infos[0][4][0], port
+
+
+def listen_interfaces(listen: str | None) -> str:
+    if listen is None:
+        return DEFAULT_LISTEN
+    host, port = parse_hostport(listen, "listen address")
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def settings(net: NetOptions, **extra: Any) -> dict[str, Any]:
+    """A settings dict for ``lt.session(...)``."""
+    import libtorrent as lt
+
+    cat = lt.alert_category
+    mask = cat.error | cat.status | cat.storage | cat.file_progress | cat.peer
+    s: dict[str, Any] = {
+        "listen_interfaces": listen_interfaces(net.listen),
+        "enable_dht": net.dht, "enable_lsd": net.lsd,
+        "enable_upnp": net.upnp, "enable_natpmp": net.upnp,
+        "enable_outgoing_utp": net.utp, "enable_incoming_utp": net.utp,
+        "alert_mask": int(mask),
+        "user_agent": USER_AGENT,
+        "download_rate_limit": net.max_download_rate or 0,
+        "upload_rate_limit": net.max_upload_rate or 0,
+        "hashing_threads": 2,
+        "alert_queue_size": 10000,
+    }
+    if net.listen is not None and net.listen.rsplit(":", 1)[0].strip("[]") in ("127.0.0.1", "::1", "localhost"):
+        # several test peers share one address
+        s["allow_multiple_connections_per_ip"] = True
+    s.update(extra)
+    return s
+
+
+def make_session(net: NetOptions, **extra: Any):
+    """A started ``lt.session``; with rate limits, local peers are limited too."""
+    import libtorrent as lt
+
+    try:
+        ses = lt.session(settings(net, **extra))
+    except (KeyError, TypeError) as exc:  # a bad setting name or type is our bug
+        raise RuntimeError(f"bad libtorrent setting: {exc}") from exc
+    if net.max_download_rate or net.max_upload_rate:
+        # loopback/LAN peers sit in the "local" peer class, which session limits skip
+        f = lt.ip_filter()
+        f.add_rule("0.0.0.0", "255.255.255.255", 1 << ses.global_peer_class_id)
+        f.add_rule("::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 1 << ses.global_peer_class_id)
+        ses.set_peer_class_filter(f)
+    return ses
+
+
+def listen_port(ses, timeout: float = 5.0) -> int:
+    """The port the session listens on (waits briefly for the socket to open)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        port = ses.listen_port()
+        if port and ses.is_listening():
+            return port
+        if time.monotonic() > deadline:
+            raise UsageError("could not open a listening socket (is the --listen address in use?)")
+        time.sleep(0.02)
+
+
+def clear_flags(atp) -> None:
+    """Start the torrent now: clear *both* ``paused`` and ``auto_managed`` (see notes)."""
+    import libtorrent as lt
+
+    atp.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)

@@ -1,0 +1,58 @@
+"""Atomic files, path safety and size parsing."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from grokfetch.errors import InsufficientSpaceError, UnsafePathError, UsageError
+from grokfetch.fsutil import atomic_file, check_free_space, parse_size, safe_join
+
+
+def test_atomic_file_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.bin"
+    with pytest.raises(RuntimeError):
+        with atomic_file(target) as f:
+            f.write(b"half")
+            raise RuntimeError("boom")
+    assert not target.exists() and not (tmp_path / "out.bin.partial").exists()
+    with atomic_file(target) as f:
+        f.write(b"whole")
+        assert (tmp_path / "out.bin.partial").exists() and not target.exists()
+    assert target.read_bytes() == b"whole"
+
+
+@pytest.mark.parametrize("bad", ["../x", "a/../../x", "/etc/passwd", "a//b", "./a", "", "C:x", "a\\b"])
+def test_safe_join_refuses_escapes(tmp_path, bad):
+    with pytest.raises(UnsafePathError):
+        safe_join(tmp_path, bad)
+
+
+def test_safe_join_refuses_symlink_out(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    root = tmp_path / "root"
+    root.mkdir()
+    os.symlink(outside, root / "link")
+    with pytest.raises(UnsafePathError, match="symlink"):
+        safe_join(root, "link/file")
+    (root / "sub").mkdir()
+    assert safe_join(root, "sub/file") == root / "sub" / "file"
+
+
+def test_parse_size():
+    assert parse_size("50G") == 50 * 10**9
+    assert parse_size("5GB") == 5 * 10**9
+    assert parse_size("1.5M") == 1_500_000
+    assert parse_size("4KiB") == 4096
+    assert parse_size("123") == 123
+    with pytest.raises(UsageError):
+        parse_size("lots")
+
+
+def test_free_space_check(tmp_path):
+    check_free_space(tmp_path, 1)
+    with pytest.raises(InsufficientSpaceError, match="need"):
+        check_free_space(tmp_path, 10**18)
+    check_free_space(tmp_path, 10**18, force=True)
