@@ -111,3 +111,11 @@ class DownloadFailed(GrokfetchError):
     def __init__(self, message: str, *, reason: str = "failed", hint: str | None = None):
         self.reason = reason
         super().__init__(message, hint=hint)
+
+
+class InsufficientMemoryError(GrokfetchError):
+    """A model that will not fit the devices' memory, found from shapes before loading."""
+
+    def __init__(self, message: str, needed: int, available: int, *, hint: str | None = None):
+        self.needed, self.available = needed, available
+        super().__init__(message, hint=hint)

@@ -86,12 +86,14 @@ class Report:
             if f.kind == finding.kind and f.path == finding.path:
                 if finding.detail and finding.detail not in f.detail:
                     f.detail = f"{f.detail}; {finding.detail}" if f.detail else finding.detail
+                if finding.severity == ERROR:
+                    f.severity = ERROR
                 f.pieces = sorted(set(f.pieces) | set(finding.pieces))
                 f.ranges = merge_ranges(f.ranges + finding.ranges)
                 return
         self.findings.append(finding)
 
-    def merge(self, other: "Report") -> None:
+    def merge(self, other: Report) -> None:
         """Fold another check's report into this one (findings deduplicated by kind+path)."""
         for name in other.checks:
             if name not in self.checks:

@@ -29,6 +29,24 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+
+
+def _version(value: bool) -> None:
+    if value:
+        from grokfetch import __version__
+
+        typer.echo(f"grokfetch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Get Grok-1 from a BitTorrent swarm to a working model: download, verify, convert, smoke."""
+
+
 for _name in COMMAND_MODULES:
     importlib.import_module(f"grokfetch.cli.{_name}").register(app)
 

@@ -1,5 +1,135 @@
-"""Placeholder: the `convert` command is being built (replace this whole module)."""
+"""``grokfetch convert``: one command for every output format (``--to gguf|safetensors|jax``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from grokfetch.cli.options import CkptArg, ForceOpt, JsonOpt, PresetOpt, QuietOpt, examples
+
+EPILOG = examples(
+    "grokfetch convert ./grok-1 --to gguf --out ./grok-1-q4 --bits 4",
+    "grokfetch convert ./grok-1 --to gguf --out ./grok-1-q8 --quant Q8_0 --split-size 50G",
+    "grokfetch convert ./grok-1 --to gguf --out ./two-layers --layers 0-1 --experts 0,1 --bits 16",
+    "grokfetch convert ./grok-1 --to gguf --out ./grok-1-q8 --bits 8 --wait   # while downloading",
+    "grokfetch convert ./grok-1 --to safetensors --out ./grok-1-hf --layout hf --shard-size 5GB",
+    "grokfetch convert ./grok-1 --to jax --out ./grok-1-jax --mesh 1x8",
+)
+_GGUF_ONLY = ("bits", "quant", "split_size")
+_ST_JAX_ONLY = ("layout", "dtype", "shard_size", "mesh")
 
 
-def register(app) -> None:  # noqa: ARG001
-    pass
+def _fmt(n: float) -> str:
+    for unit, div in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def parse_mesh(text: str) -> tuple[int, int]:
+    """``"1x8"`` → ``(1, 8)`` (data × model)."""
+    from grokfetch.errors import UsageError
+
+    try:
+        d, m = (int(x) for x in text.lower().split("x"))
+        if d < 1 or m < 1:
+            raise ValueError
+    except ValueError:
+        raise UsageError(f"bad --mesh {text!r}; use DATAxMODEL, e.g. 1x8") from None
+    return d, m
+
+
+def register(app: typer.Typer) -> None:
+    @app.command(epilog=EPILOG)
+    def convert(
+        ckpt_dir: CkptArg,
+        to: Annotated[str, typer.Option("--to", help="Output format: gguf, safetensors or jax.")],
+        out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (created; refused if it "
+                                                              "exists, unless --force or resuming).")],
+        bits: Annotated[Optional[int], typer.Option(
+            "--bits", help="GGUF: 16=BF16 8=Q8_0 6=Q6_K 5=Q5_K_M 4=Q4_K_M 3=Q3_K_M 2=Q2_K.")] = None,
+        quant: Annotated[Optional[str], typer.Option(
+            "--quant", help="GGUF type: F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q2_K Q3_K_S/M/L "
+                            "Q4_K_S/M Q5_K_S/M Q6_K (default Q8_0).")] = None,
+        split_size: Annotated[Optional[str], typer.Option(
+            "--split-size", help="GGUF: split into NAME-0000i-of-0000N.gguf of at most SIZE "
+                                 "tensor bytes each (e.g. 50G).")] = None,
+        layout: Annotated[Optional[str], typer.Option(
+            "--layout", help="safetensors: tensor names, hf (keyfan) or sglang.")] = None,
+        dtype: Annotated[Optional[str], typer.Option(
+            "--dtype", help="safetensors/jax: bf16 (dequantized) or int8 (+ scales).")] = None,
+        shard_size: Annotated[Optional[str], typer.Option(
+            "--shard-size", help="safetensors: shard size (default 5GB).")] = None,
+        mesh: Annotated[Optional[str], typer.Option(
+            "--mesh", help="jax: device mesh DATAxMODEL the checkpoint is sharded for "
+                           "(default 1x8).")] = None,
+        layers: Annotated[Optional[str], typer.Option(
+            "--layers", help="Keep only these layers, e.g. 0-3 or 0,5 (renumbered 0..k-1).")] = None,
+        experts: Annotated[Optional[str], typer.Option(
+            "--experts", help="Keep only these experts, e.g. 0,1 (router sliced to match).")] = None,
+        tokenizer: Annotated[Optional[Path], typer.Option(
+            "--tokenizer", help="tokenizer.model to use (default CKPT_DIR/tokenizer.model).")] = None,
+        workers: Annotated[int, typer.Option("--workers", "-j", help="Threads quantizing chunks "
+                                                                     "in parallel.")] = 1,
+        name: Annotated[Optional[str], typer.Option(
+            "--name", help="Output base name (default: model name and type).")] = None,
+        chunk_size: Annotated[str, typer.Option(
+            "--chunk-size", help="Float32 bytes of rows per work chunk (memory per worker).")] = "16MiB",
+        wait: Annotated[bool, typer.Option(
+            "--wait", help="Convert files as they complete under a running `grokfetch download`.")] = False,
+        wait_timeout: Annotated[Optional[float], typer.Option(
+            "--wait-timeout", help="With --wait: give up after this many seconds per file.")] = None,
+        preset: PresetOpt = None,
+        force: ForceOpt = False,
+        json_: JsonOpt = False,
+        quiet: QuietOpt = False,
+    ) -> int:
+        """Convert a Grok-1 checkpoint to GGUF (llama.cpp), safetensors (HF/sglang) or a
+        re-sharded JAX checkpoint, streaming tensor by tensor (resumable; output manifest last)."""
+        from convert.base import DEFAULT_SHARD_SIZE, ConvertOptions
+        from convert.run import convert as run_convert
+        from grokfetch.cli.output import Output
+        from grokfetch.errors import Interrupted, UsageError
+        from grokfetch.fsutil import parse_size
+
+        target = to.strip().lower()
+        given = {"bits": bits, "quant": quant, "split_size": split_size, "layout": layout,
+                 "dtype": dtype, "shard_size": shard_size, "mesh": mesh}
+        wrong = _ST_JAX_ONLY if target == "gguf" else _GGUF_ONLY
+        bad = [f"--{k.replace('_', '-')}" for k in wrong if given[k] is not None]
+        if bad:
+            raise UsageError(f"{', '.join(bad)} do(es) not apply to --to {target}")
+        opts = ConvertOptions(
+            target=target, bits=bits, quant=quant, split_size=parse_size(split_size),
+            layout=(layout or "hf").lower(), dtype=(dtype or "bf16").lower(),
+            shard_size=parse_size(shard_size) or DEFAULT_SHARD_SIZE,
+            mesh=parse_mesh(mesh) if mesh else (1, 8),
+            layers=layers, experts=experts, workers=workers, force=force, tokenizer=tokenizer,
+            wait=wait, wait_timeout=wait_timeout, chunk_bytes=parse_size(chunk_size) or 0,
+            name=name)
+        output = Output(json_mode=json_, quiet=quiet)
+        try:
+            with output.progress() as p:
+                report = run_convert(ckpt_dir, out, opts, preset=preset, progress=p)
+        except KeyboardInterrupt:
+            raise Interrupted("interrupted", hint="rerun the same command to resume") from None
+
+        def human(console) -> None:
+            verb = "resumed and finished" if report.resumed else "wrote"
+            console.print(f"{verb} {len(report.files)} file(s) in {report.out}:")
+            for f in report.files:
+                console.print(f"  {f['path']}  {_fmt(f['bytes'])}  ({f['tensors']} tensors)")
+            d = report.details
+            if d.get("tensor_types"):
+                types = ", ".join(f"{k}×{v}" for k, v in sorted(d["tensor_types"].items()))
+                console.print(f"  {d.get('scheme', '')}: {types}")
+            console.print(f"in {_fmt(report.bytes_in)}, out {_fmt(report.bytes_out)}, "
+                          f"{report.seconds:.1f} s, {report.mb_per_s:.1f} MB/s in, "
+                          f"peak RSS {report.peak_rss_bytes / 2**20:.0f} MiB")
+            if report.manifest:
+                console.print(f"manifest: {report.manifest}")
+
+        output.result(report.to_json(), human)
+        return 0

@@ -1,5 +1,188 @@
-"""Placeholder: the `download` command is being built (replace this whole module)."""
+"""``grokfetch download``, ``grokfetch seed`` and ``grokfetch torrent create``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from grokfetch.cli.options import ForceOpt, JsonOpt, PresetOpt, QuietOpt, examples
+
+DL_EPILOG = examples(
+    "grokfetch download --dir ./grok-1",
+    "grokfetch download --dir ./grok-1 --layers 0-3 --order model",
+    "grokfetch download 'magnet:?xt=urn:btih:...' --dir ./d --peer 10.0.0.5:6881 --no-dht",
+    "grokfetch download ./grok-1.torrent --dir ./d --include 'ckpt-0/*' --max-download-rate 20M",
+)
+SEED_EPILOG = examples("grokfetch seed ./grok-1", "grokfetch seed ./mini --torrent mini.torrent "
+                                                   "--listen 127.0.0.1:6881 --for 600")
+CREATE_EPILOG = examples("grokfetch torrent create ./grok-mini -o mini.torrent",
+                         "grokfetch torrent create ./ckpt -o c.torrent --piece-size 4MiB")
+
+Multi = Optional[list[str]]
 
 
-def register(app) -> None:  # noqa: ARG001
-    pass
+def _fmt(n: float) -> str:
+    for unit, div in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def _rate(text: str | None) -> int | None:
+    from grokfetch.fsutil import parse_size
+
+    return parse_size(text) if text else None
+
+
+def register(app: typer.Typer) -> None:
+    @app.command(epilog=DL_EPILOG)
+    def download(
+        source: Annotated[Optional[str], typer.Argument(
+            help="Magnet URI, .torrent file, or preset name. Default: grok-1 (official magnet).",
+            show_default=False)] = None,
+        dest: Annotated[Path, typer.Option("--dir", "-d", help="Download folder (files go to "
+                                           "DIR/<torrent name>/, state to DIR/.grokfetch/).")] = Path("."),
+        include: Annotated[Multi, typer.Option("--include", help="Only files matching this glob "
+                                               "(repeatable), e.g. 'ckpt-0/*'.")] = None,
+        exclude: Annotated[Multi, typer.Option("--exclude", help="Skip files matching this glob "
+                                               "(repeatable).")] = None,
+        layers: Annotated[Optional[str], typer.Option("--layers", help="Only these layers (plus "
+                                                      "embedding, final norm, tokenizer), e.g. 0-3.")] = None,
+        preset: PresetOpt = None,
+        order: Annotated[str, typer.Option("--order", help="Piece order: rarest (swarm-friendly), "
+                                           "sequential, or model (files finish in model order).")] = "rarest",
+        peer: Annotated[Multi, typer.Option("--peer", help="Connect to HOST:PORT (repeatable).")] = None,
+        webseed: Annotated[Multi, typer.Option("--webseed", help="HTTP web seed base URL (BEP 19, "
+                                               "repeatable).")] = None,
+        listen: Annotated[Optional[str], typer.Option("--listen", help="Listen on ADDR:PORT "
+                                                      "(port 0 = any). Default: all, 6881.")] = None,
+        no_dht: Annotated[bool, typer.Option("--no-dht", help="Do not use the DHT.")] = False,
+        no_lsd: Annotated[bool, typer.Option("--no-lsd", help="No local service discovery.")] = False,
+        no_upnp: Annotated[bool, typer.Option("--no-upnp", help="No UPnP / NAT-PMP port mapping.")] = False,
+        no_utp: Annotated[bool, typer.Option("--no-utp", help="TCP only (uTP is slow on fast links).")] = False,
+        no_trackers: Annotated[bool, typer.Option("--no-trackers", help="Ignore the source's "
+                                                  "trackers.")] = False,
+        max_download_rate: Annotated[Optional[str], typer.Option(
+            "--max-download-rate", help="Bytes/s, K/M/G suffixes (also limits LAN peers).")] = None,
+        max_upload_rate: Annotated[Optional[str], typer.Option(
+            "--max-upload-rate", help="Bytes/s, K/M/G suffixes.")] = None,
+        timeout: Annotated[Optional[float], typer.Option(
+            "--timeout", help="Give up after this many seconds without progress.")] = None,
+        recheck: Annotated[bool, typer.Option("--recheck", help="Ignore resume data and hash-check "
+                                              "the files on disk first.")] = False,
+        force: ForceOpt = False,
+        json_: JsonOpt = False,
+        quiet: QuietOpt = False,
+    ) -> int:
+        """Download Grok-1 (or any torrent): resume, file selection, hash verification.
+
+        Exit codes: 0 complete, every wanted piece hash-verified; 1 failed (stalled, disk full; resume data saved); 2 bad usage; 130 interrupted (resume data saved)."""  # noqa: E501
+        from grokfetch.cli.output import Output
+        from grokfetch.torrent.job import DownloadOptions
+        from grokfetch.torrent.job import download as run_download
+
+        out = Output(json_mode=json_, quiet=quiet)
+        opts = DownloadOptions(
+            include=include or [], exclude=exclude or [], layers=layers, preset=preset,
+            order=order, peers=peer or [], webseeds=webseed or [], trackers=not no_trackers,
+            listen=listen, dht=not no_dht, lsd=not no_lsd, upnp=not no_upnp, utp=not no_utp,
+            max_download_rate=_rate(max_download_rate), max_upload_rate=_rate(max_upload_rate),
+            force=force, timeout=timeout, recheck=recheck)
+        with out.progress() as progress:
+            r = run_download(source, dest, opts, progress)
+
+        def human(c) -> None:
+            c.print(f"[green]complete[/green]: {r.name} -> {r.content}: {r.files} files, "
+                    f"{_fmt(r.bytes)}, {r.wanted_pieces}/{r.num_pieces} pieces hash-verified "
+                    f"({_fmt(r.downloaded)} fetched in {r.elapsed:.1f} s)")
+            if r.hash_failures or r.banned_peers:
+                c.print(f"[yellow]{r.hash_failures} pieces failed their hash check and were fetched "
+                        f"again; banned peers: {', '.join(r.banned_peers) or 'none'}[/yellow]")
+
+        out.result(r.to_json(), human)
+        return 0
+
+    @app.command(epilog=SEED_EPILOG)
+    def seed(
+        folder: Annotated[Path, typer.Argument(help="The download folder (or the content folder).",
+                                               show_default=False)],
+        torrent: Annotated[Optional[Path], typer.Option("--torrent", help="Torrent file. Default: "
+                                                        "the one saved in DIR/.grokfetch/.")] = None,
+        listen: Annotated[str, typer.Option("--listen", help="Listen on ADDR:PORT.")] = "0.0.0.0:6881",
+        for_seconds: Annotated[Optional[float], typer.Option("--for", help="Stop after SECONDS.")] = None,
+        until_ratio: Annotated[Optional[float], typer.Option("--until-ratio", help="Stop once "
+                                                             "uploaded / size reaches this.")] = None,
+        no_dht: Annotated[bool, typer.Option("--no-dht", help="Do not use the DHT.")] = False,
+        no_lsd: Annotated[bool, typer.Option("--no-lsd", help="No local service discovery.")] = False,
+        no_upnp: Annotated[bool, typer.Option("--no-upnp", help="No UPnP / NAT-PMP.")] = False,
+        no_utp: Annotated[bool, typer.Option("--no-utp", help="TCP only.")] = False,
+        max_upload_rate: Annotated[Optional[str], typer.Option(
+            "--max-upload-rate", help="Bytes/s, K/M/G suffixes.")] = None,
+        json_: JsonOpt = False,
+        quiet: QuietOpt = False,
+    ) -> int:
+        """Give back: serve a finished download until Ctrl-C, --for or --until-ratio.
+
+        Pieces are hash-checked before they are served."""
+        from grokfetch.cli.output import Output
+        from grokfetch.torrent.seed import seed as run_seed
+        from grokfetch.torrent.session import NetOptions
+
+        out = Output(json_mode=json_, quiet=quiet)
+        net = NetOptions(None, not no_dht, not no_lsd, not no_upnp, not no_utp, None,
+                         _rate(max_upload_rate))
+
+        class _Announce:
+            """Prints the port once (tests and users need it), then defers to the display."""
+
+            def __init__(self, inner):
+                self.inner, self.said = inner, False
+
+            def __getattr__(self, name):
+                return getattr(self.inner, name)
+
+            def event(self, kind, **data):
+                if not self.said and "port" in data:
+                    self.said = True
+                    out.info(f"seeding {data['infohash']} on port {data['port']} (Ctrl-C to stop)")
+                self.inner.event(kind, **data)
+
+        with out.progress() as progress:
+            r = run_seed(folder, torrent, listen=listen, net=net, for_seconds=for_seconds,
+                         until_ratio=until_ratio, progress=_Announce(progress))
+        out.result(r.to_json(), lambda c: c.print(
+            f"seeded {r.infohash}: uploaded {_fmt(r.uploaded)} (ratio {r.ratio:.2f}) to "
+            f"{r.peers_seen} peers in {r.elapsed:.0f} s; stopped by {r.stopped_by}"))
+        return 0
+
+    torrent_app = typer.Typer(help="Torrent files: create.", no_args_is_help=True)
+    app.add_typer(torrent_app, name="torrent")
+
+    @torrent_app.command("create", epilog=CREATE_EPILOG)
+    def create(
+        folder: Annotated[Path, typer.Argument(help="Checkpoint folder; its name becomes the "
+                                               "torrent's name.", show_default=False)],
+        output: Annotated[Path, typer.Option("--output", "-o", help="The .torrent to write.")],
+        piece_size: Annotated[Optional[str], typer.Option("--piece-size", help="Power of two "
+                                                          "≥ 16KiB, e.g. 4MiB. Default: automatic.")] = None,
+        tracker: Annotated[Multi, typer.Option("--tracker", help="Announce URL (repeatable).")] = None,
+        webseed: Annotated[Multi, typer.Option("--webseed", help="Web seed URL (repeatable).")] = None,
+        force: ForceOpt = False,
+        json_: JsonOpt = False,
+    ) -> int:
+        """Make a deterministic v1 torrent of a folder (same folder, same info-hash).
+
+        Files sorted by path, hidden files left out, no creation date, a fixed creator."""
+        from grokfetch.cli.output import Output
+        from grokfetch.torrent.create import create_torrent
+
+        out = Output(json_mode=json_)
+        with out.progress() as progress:
+            r = create_torrent(folder, output, piece_size=_rate(piece_size), trackers=tracker or [],
+                               webseeds=webseed or [], force=force, progress=progress)
+        out.result(r.to_json(), lambda c: c.print(
+            f"wrote {r.path}: {r.files} files, {_fmt(r.bytes)}, {r.num_pieces} pieces of "
+            f"{r.piece_size:,} B\ninfo-hash {r.infohash}\n{r.magnet}"))
+        return 0

@@ -20,8 +20,11 @@ def register(app: typer.Typer) -> None:
         force: ForceOpt = False,
         json_: JsonOpt = False,
     ) -> int:
-        """Write a deterministic miniature Grok-1 checkpoint (int8 weights with the real scale
-        layouts, a trained SentencePiece tokenizer with Grok-1's special ids, a config JSON)."""
+        """Write a miniature checkpoint in the exact Grok-1 layout.
+
+        Deterministic for a seed: int8 weights with the real scale layouts, a SentencePiece
+        tokenizer trained with Grok-1's special ids, and a model-config.json.
+        """
         from grokfetch.checkpoint.fixture import write_fixture
         from grokfetch.cli.output import Output
 

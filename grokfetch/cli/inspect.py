@@ -28,8 +28,11 @@ def register(app: typer.Typer) -> None:
         preset: PresetOpt = None,
         json_: JsonOpt = False,
     ) -> int:
-        """Show the tensor table (file, Haiku path, shape, dtype, sizes, GGUF name); with
-        CKPT_DIR, report each file as ok / missing / mismatched (reads headers only)."""
+        """Show the tensor table, or check a checkpoint folder against it.
+
+        Lists every file (index, Haiku path, shape, dtype, scales, sizes, GGUF name). With
+        CKPT_DIR each file is reported ok / missing / mismatched, reading headers only.
+        """
         from rich.table import Table
 
         from grokfetch.checkpoint.reader import open_checkpoint

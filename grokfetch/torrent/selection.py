@@ -76,19 +76,38 @@ def base_priorities(sel: Selection) -> list[int]:
     return [4 if w else 0 for w in sel.wanted]
 
 
-def model_order_priorities(sel: Selection, done: list[bool], window: int) -> list[int]:
+def model_order_priorities(sel: Selection, done: list[bool], sizes: list[int], window: int,
+                           lookahead: int) -> list[int]:
     """Priorities that make files complete in model order.
 
     Wanted, unfinished files are sorted by model rank (non-tensor files first: they are small
-    and conversion needs the tokenizer); the first ``window`` get 7, the next ``window`` 6, and
-    so on down to 1. Recomputed as files finish, so the front of the queue is always top.
+    and conversion needs the tokenizer). Files in the first ``lookahead`` bytes of that queue
+    get 7 for the first ``window`` files, 6 for the next ``window``, ... down to 1; files past
+    the lookahead get 0 for now and move up as files finish. Finished files keep 1, unwanted 0.
+    Apply these as *piece* priorities (:func:`piece_priorities`): a file priority of 0 would
+    send boundary data to the part file, and flipping it later made libtorrent 2.1.1 fail with
+    "file too short".
     """
     order = [i for i, w in enumerate(sel.wanted) if w and not done[i]]
     order.sort(key=lambda i: (-1 if sel.model_rank[i] is None else sel.model_rank[i], i))
-    prios = [0 if not w else LOW for w in sel.wanted]
+    prios = [LOW if w else 0 for w in sel.wanted]
+    ahead = 0
     for pos, i in enumerate(order):
-        prios[i] = max(LOW, TOP - pos // max(1, window))
-    for i, w in enumerate(sel.wanted):
-        if w and done[i]:
-            prios[i] = LOW
+        if pos > 0 and ahead >= lookahead:
+            prios[i] = 0
+        else:
+            prios[i] = max(LOW, TOP - pos // max(1, window))
+        ahead += sizes[i]
     return prios
+
+
+def piece_priorities(file_prios: list[int], piece_ranges: list[tuple[int, int]],
+                     num_pieces: int) -> list[int]:
+    """Per-piece priority = the highest priority of the files it holds bytes of."""
+    out = [0] * num_pieces
+    for prio, (first, last) in zip(file_prios, piece_ranges, strict=True):
+        if prio:
+            for p in range(first, last + 1):
+                if out[p] < prio:
+                    out[p] = prio
+    return out

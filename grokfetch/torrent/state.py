@@ -19,6 +19,20 @@ from grokfetch.fsutil import write_atomic
 from grokfetch.torrent.source import STATE_DIR
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:   # a zombie (killed, not yet reaped) is not running
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
 @dataclass(frozen=True)
 class StateFiles:
     dest: Path
@@ -55,14 +69,26 @@ class StateFiles:
             probe = self.dir / f".probe-{os.getpid()}"
             probe.write_bytes(b"")
             probe.unlink()
+            for stale in self.dir.glob("*.partial"):   # left by a write that failed
+                stale.unlink()
         except OSError as exc:
             raise UsageError(f"cannot write to download folder {self.dest}: "
                              f"{exc.strerror or exc}",
                              hint="choose a folder you can write to with --dir") from None
 
     def mark_running(self) -> bool:
-        """Write the running marker; True when one was already there (an unclean stop)."""
+        """Write the running marker; True when one was already there (an unclean stop).
+
+        Raises:
+            UsageError: the marker names a live process: another download uses this folder.
+        """
         existed = self.running.exists()
+        if existed:
+            with contextlib.suppress(OSError, ValueError):
+                pid = int(self.running.read_text().split()[0])
+                if pid != os.getpid() and _alive(pid):
+                    raise UsageError(f"another grokfetch download (pid {pid}) is using {self.dest}",
+                                     hint=f"wait for it, or delete {self.running} if it is stale")
         write_atomic(self.running, f"{os.getpid()}\n")
         return existed
 
@@ -73,9 +99,9 @@ class StateFiles:
     def needs_recheck(self) -> bool:
         return self.recheck.exists()
 
-    def set_recheck(self, why: str) -> None:
-        with contextlib.suppress(OSError):
-            write_atomic(self.recheck, why + "\n")
+    def set_recheck(self) -> None:
+        with contextlib.suppress(OSError):   # an empty file needs no free blocks
+            self.recheck.touch()
 
     def clear_recheck(self) -> None:
         with contextlib.suppress(FileNotFoundError):

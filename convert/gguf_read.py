@@ -1,0 +1,125 @@
+"""Read a grokfetch GGUF back as checkpoint tensors (for the smoke test and the tests).
+
+:func:`iter_params` opens ``OUT`` (a folder holding one GGUF, possibly split, or a ``.gguf``
+path), and yields ``(spec, array, None)`` for each spec of ``table`` in model order, in JAX
+layout ((in, out); experts (E, in, out); embedding (vocab, d)), dequantized with gguf-py:
+bf16 for BF16 tensors (bit-exact), float32 otherwise.
+
+Which table to pass: the output folder's own ``model-config.json`` describes the output (a
+``--layers``/``--experts`` subset has ``num_layers``/``num_experts`` of what it kept, renumbered
+0..k-1), and its table matches the GGUF names directly. A table of the *full* source model works
+too: ``grokfetch.source_layers`` maps each GGUF block back to its checkpoint layer, and specs of
+layers the file does not hold are skipped.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+from gguf import GGMLQuantizationType, GGUFReader
+
+from convert.quant import dequantize_bytes
+from grokfetch.errors import CheckpointError, NotFoundError
+from grokfetch.spec import TensorSpec, TensorTable
+
+BF16 = np.dtype(ml_dtypes.bfloat16)
+_SPLIT = re.compile(r"^(?P<stem>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
+
+
+def gguf_files(out: Path | str) -> list[Path]:
+    """The GGUF file(s) of one model under ``out``, first split first."""
+    out = Path(out)
+    if out.is_file():
+        m = _SPLIT.match(out.name)
+        if not m:
+            return [out]
+        stem, count = m["stem"], int(m["count"])
+        return [out.with_name(f"{stem}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
+    if not out.is_dir():
+        raise NotFoundError(out, "GGUF output")
+    found = sorted(p for p in out.glob("*.gguf") if p.is_file())
+    if not found:
+        raise NotFoundError(out / "*.gguf", "GGUF file")
+    singles = [p for p in found if not _SPLIT.match(p.name)]
+    firsts = [p for p in found if (m := _SPLIT.match(p.name)) and int(m["no"]) == 1]
+    if len(singles) + len(firsts) != 1:
+        raise CheckpointError(out, "more than one GGUF model in the folder",
+                              actual=", ".join(p.name for p in singles + firsts),
+                              expected="one")
+    return singles if singles else gguf_files(firsts[0])
+
+
+def field_value(reader: GGUFReader, key: str, default: Any = None) -> Any:
+    f = reader.get_field(key)
+    return default if f is None else f.contents()
+
+
+class GGUFModel:
+    """All tensors and the metadata of a (split) GGUF, memory-mapped."""
+
+    def __init__(self, out: Path | str):
+        self.paths = gguf_files(out)
+        for p in self.paths:
+            if not p.is_file():
+                raise NotFoundError(p, "GGUF split file")
+        self.readers = [GGUFReader(p, "r") for p in self.paths]
+        first = self.readers[0]
+        count = field_value(first, "split.count", 1)
+        if count != len(self.readers):
+            raise CheckpointError(self.paths[0], "split.count disagrees with the files found",
+                                  expected=count, actual=len(self.readers))
+        self.tensors = {t.name: t for r in self.readers for t in r.tensors}
+        total = field_value(first, "split.tensors.count", len(self.tensors))
+        if total != len(self.tensors):
+            raise CheckpointError(self.paths[0], "split.tensors.count disagrees with the tensors",
+                                  expected=total, actual=len(self.tensors))
+        self.reader = first
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return field_value(self.reader, key, default)
+
+    @property
+    def source_layers(self) -> list[int]:
+        n = int(self.get("grok.block_count", 0))
+        v = self.get("grokfetch.source_layers")
+        return [int(x) for x in v] if v is not None else list(range(n))
+
+    def array(self, name: str) -> np.ndarray:
+        """A tensor in GGUF numpy shape: bf16 for BF16, float32 otherwise."""
+        t = self.tensors[name]
+        shape = tuple(int(x) for x in reversed(t.shape))
+        if t.tensor_type == GGMLQuantizationType.BF16:
+            return np.ascontiguousarray(t.data).view(BF16).reshape(shape)
+        if t.tensor_type == GGMLQuantizationType.F32:
+            return np.asarray(t.data, dtype=np.float32).reshape(shape)
+        return dequantize_bytes(np.asarray(t.data), t.tensor_type).reshape(shape)
+
+
+def open_gguf(out: Path | str) -> GGUFModel:
+    return GGUFModel(out)
+
+
+def iter_params(out: Path | str, table: TensorTable) -> Iterator[tuple[TensorSpec, np.ndarray, None]]:
+    """Yield ``(spec, array in JAX layout, None)`` for the specs of ``table`` the GGUF holds."""
+    model = GGUFModel(out)
+    n_blocks = int(model.get("grok.block_count", 0))
+    if table.config.num_layers == n_blocks:
+        to_block = {i: i for i in range(n_blocks)}
+    else:  # a full-model table against a subset file
+        to_block = {src: i for i, src in enumerate(model.source_layers)}
+    for spec in table.model_order():
+        if spec.layer is not None and spec.layer not in to_block:
+            continue
+        bid = None if spec.layer is None else to_block[spec.layer]
+        name = spec.slot.gguf.format(bid=bid) + ".weight"
+        if name not in model.tensors:
+            raise CheckpointError(model.paths[0], f"tensor {name} missing")
+        arr = model.array(name)
+        if spec.slot.transpose:
+            arr = np.ascontiguousarray(np.swapaxes(arr, -1, -2))
+        yield spec, arr, None

@@ -1,0 +1,288 @@
+"""The one conversion driver shared by every target (see :mod:`convert.base` for the contract).
+
+``convert(ckpt_dir, out, options, progress=...)`` checks everything it can before writing a
+byte (options, tokenizer, checkpoint files, an existing OUT, free disk space), then streams the
+planned files through :mod:`convert.output` sinks, adds ``model-config.json`` and
+``tokenizer.model``, writes the output manifest last and returns a :class:`ConvertReport`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import resource
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from convert.base import ConvertOptions, OutputFile, Target, get_target
+from convert.output import STATE_FILENAME, ConvertState, DirSink, FileSink
+from convert.source import SourceProvider
+from grokfetch.checkpoint.reader import TOKENIZER_FILENAME, Checkpoint, open_checkpoint
+from grokfetch.errors import CheckpointError, NotFoundError, OutputExistsError, UsageError
+from grokfetch.fsutil import atomic_file, check_free_space, partial_path, write_atomic
+from grokfetch.progress import NULL_PROGRESS, Progress
+from grokfetch.spec import CONFIG_FILENAME, TensorSpec
+
+TOTAL_KEY = "convert"
+
+
+@dataclass
+class ConvertReport:
+    """What a conversion did; ``to_json()`` is the CLI's ``--json`` result."""
+
+    target: str
+    out: str
+    files: list[dict[str, Any]]
+    bytes_in: int
+    bytes_out: int
+    seconds: float
+    peak_rss_bytes: int
+    resumed: bool
+    layers: list[int] | None
+    experts: list[int] | None
+    manifest: str | None
+    checked_by: dict[str, int] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes_in / 1e6 / self.seconds if self.seconds > 0 else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mb_per_s"] = round(self.mb_per_s, 2)
+        d["seconds"] = round(self.seconds, 3)
+        return d
+
+
+class _TotalProgress:
+    """Forwards to ``inner`` and adds every per-item advance to the overall task."""
+
+    def __init__(self, inner: Progress):
+        self.inner = inner
+        self.bytes_in = 0
+
+    def task(self, key, total, description):
+        self.inner.task(key, total, description)
+
+    def advance(self, key, amount):
+        self.inner.advance(key, amount)
+        if key != TOTAL_KEY:
+            self.bytes_in += amount
+            self.inner.advance(TOTAL_KEY, amount)
+
+    def update(self, key, completed=None, total=None, description=None):
+        self.inner.update(key, completed, total, description)
+
+    def done(self, key):
+        self.inner.done(key)
+
+    def event(self, kind, **data):
+        self.inner.event(kind, **data)
+
+
+def peak_rss_bytes() -> int:
+    ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return ru if sys.platform == "darwin" else ru * 1024
+
+
+def _manifest_module():
+    try:
+        from verify import manifest  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return manifest if hasattr(manifest, "write_manifest") else None
+
+
+def _manifest_name() -> str:
+    mod = _manifest_module()
+    for attr in ("MANIFEST_FILENAME", "MANIFEST_NAME", "DEFAULT_NAME"):
+        if mod is not None and isinstance(getattr(mod, attr, None), str):
+            return getattr(mod, attr)
+    return "manifest.json"
+
+
+def _find_tokenizer(ckpt: Checkpoint, options: ConvertOptions, poll: float = 1.0) -> Path:
+    """``--tokenizer`` or the checkpoint's ``tokenizer.model`` (waited for under ``--wait``)."""
+    if options.tokenizer is not None:
+        if not Path(options.tokenizer).is_file():
+            raise NotFoundError(options.tokenizer, "tokenizer file")
+        return Path(options.tokenizer)
+    deadline = None if options.wait_timeout is None else time.monotonic() + options.wait_timeout
+    while True:
+        tok = ckpt.layout.tokenizer
+        if tok is not None:
+            return tok
+        if not options.wait or (deadline is not None and time.monotonic() > deadline):
+            raise NotFoundError(ckpt.layout.root / TOKENIZER_FILENAME, "tokenizer",
+                                hint="pass --tokenizer FILE (the release's tokenizer.model)")
+        time.sleep(poll)
+
+
+def _check_inputs(ckpt: Checkpoint, specs: list[TensorSpec]) -> None:
+    """Every selected checkpoint file exists, has the predicted size and a good header."""
+    for spec in specs:
+        st = ckpt.status(spec)
+        if st.status != "ok":
+            detail = {"missing": "missing", "size": f"wrong size: {st.detail}",
+                      "format": f"bad header: {st.detail}"}[st.status]
+            raise CheckpointError(ckpt.file_path(spec), f"{detail} ({spec.path})",
+                                  hint="verify the download (`grokfetch verify`), or convert "
+                                       "while downloading with --wait")
+
+
+def _owned_names(target: Target, files: list[OutputFile]) -> list[str]:
+    names = [f.relpath for f in files] + [CONFIG_FILENAME, TOKENIZER_FILENAME, _manifest_name(),
+                                          STATE_FILENAME]
+    return names + [partial_path(Path(n)).as_posix() for n in names]
+
+
+def _clear_outputs(out: Path, target: Target, files: list[OutputFile]) -> None:
+    """``--force``: remove what this conversion would write, plus stale outputs of its kind."""
+    victims = {out / n for n in _owned_names(target, files)}
+    for pattern in getattr(target, "stale_patterns", ()):
+        victims.update(out.glob(pattern))
+    for p in victims:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+
+
+def _prepare_out(out: Path, target: Target, files: list[OutputFile], fingerprint: dict,
+                 force: bool) -> tuple[ConvertState, bool, bool]:
+    """Returns (state, resumed, created)."""
+    if out.exists() and not out.is_dir():
+        if not force:
+            raise OutputExistsError(out)
+        out.unlink()
+    if not out.exists():
+        return ConvertState(out, fingerprint), False, True
+    old = ConvertState.load(out)
+    if old is not None and old.fingerprint == fingerprint and not force:
+        return old, True, False
+    if not force:
+        if old is not None:
+            exc = OutputExistsError(out)
+            exc.hint = ("it holds an unfinished conversion with other options: rerun with the same "
+                        "options to resume it, or pass --force to start over")
+            raise exc
+        if any(out.iterdir()):
+            raise OutputExistsError(out)
+        return ConvertState(out, fingerprint), False, False
+    _clear_outputs(out, target, files)
+    return ConvertState(out, fingerprint), False, False
+
+
+def convert(ckpt_dir: Path | str, out: Path | str, options: ConvertOptions, *,
+            preset: str | None = None, progress: Progress = NULL_PROGRESS) -> ConvertReport:
+    """Convert the checkpoint in ``ckpt_dir`` into ``out`` as ``options.target``.
+
+    Raises :class:`UsageError` (bad options), :class:`NotFoundError` (tokenizer),
+    :class:`CheckpointError` (missing/corrupt inputs), :class:`OutputExistsError`,
+    :class:`InsufficientSpaceError` — all before anything is written.
+    """
+    t0 = time.monotonic()
+    out = Path(out)
+    ckpt = open_checkpoint(ckpt_dir, preset)
+    cls = get_target(options.target)
+    options = options.normalized(ckpt.config)
+    specs = ckpt.table.select(list(options.layers) if options.layers is not None else None)
+    if not options.wait:
+        _check_inputs(ckpt, specs)
+    tokenizer = _find_tokenizer(ckpt, options)
+    target = cls(ckpt, specs, options)
+    target.tokenizer_path = tokenizer
+    target.validate()
+    files = target.plan()
+    fingerprint = {"target": target.fingerprint(), "files": [f.fingerprint() for f in files]}
+    state, resumed, created = _prepare_out(out, target, files, fingerprint, options.force)
+
+    todo = [f for f in files if not (state.is_complete(f.relpath) and (out / f.relpath).exists())]
+    have = sum(state.files.get(f.relpath, {}).get("offset", 0) for f in todo)
+    needed = sum(f.nbytes for f in todo) - have + tokenizer.stat().st_size + (1 << 20)
+    check_free_space(out if out.exists() else out.parent, needed, force=options.force)
+
+    out.mkdir(parents=True, exist_ok=True)
+    state.save()
+    prog = _TotalProgress(progress)
+    total_in = sum(i.in_bytes for f in files for i in f.items)
+    progress.task(TOTAL_KEY, total_in, f"{options.target} → {out.name}")
+    source = SourceProvider(ckpt, options.experts, wait=options.wait,
+                            wait_timeout=options.wait_timeout, progress=progress)
+    try:
+        for f in files:
+            if f not in todo:
+                progress.advance(TOTAL_KEY, sum(i.in_bytes for i in f.items))
+                continue
+            sink = (FileSink if f.kind == "file" else DirSink)(out, f.relpath, state)
+            skipped = sum(i.in_bytes for i in f.items if sink.done(i.key))
+            if skipped:
+                progress.advance(TOTAL_KEY, skipped)
+            try:
+                target.write_file(f, sink, source, prog)
+                sink.finish()
+            finally:
+                sink.close()
+            progress.event("file", path=f.relpath, bytes=(out / f.relpath).stat().st_size
+                           if f.kind == "file" else f.nbytes)
+    except (CheckpointError, UsageError):
+        if created:
+            # the input is at fault and OUT is ours: leave nothing half-written behind
+            with contextlib.suppress(OSError):
+                shutil.rmtree(out)
+        raise
+
+    write_atomic(out / CONFIG_FILENAME, json.dumps(target.out_config.to_json(), indent=2) + "\n")
+    with atomic_file(out / TOKENIZER_FILENAME) as fh, open(tokenizer, "rb") as src:
+        shutil.copyfileobj(src, fh)
+    manifest_path = _write_manifest(out, _manifest_files(out, target, files), progress)
+    state.remove()
+    progress.done(TOTAL_KEY)
+
+    out_files = []
+    for f in files:
+        p = out / f.relpath
+        size = p.stat().st_size if p.is_file() else sum(
+            q.stat().st_size for q in p.rglob("*") if q.is_file())
+        out_files.append({"path": f.relpath, "bytes": size, "tensors": len(f.items)})
+    checked: dict[str, int] = {}
+    for how in source.checked_by.values():
+        checked[how] = checked.get(how, 0) + 1
+    return ConvertReport(
+        target=options.target, out=str(out), files=out_files, bytes_in=prog.bytes_in,
+        bytes_out=sum(f["bytes"] for f in out_files), seconds=time.monotonic() - t0,
+        peak_rss_bytes=peak_rss_bytes(), resumed=resumed,
+        layers=list(options.layers) if options.layers is not None else None,
+        experts=list(options.experts) if options.experts is not None else None,
+        manifest=str(manifest_path) if manifest_path else None, checked_by=checked,
+        details=target.summary())
+
+
+def _manifest_files(out: Path, target: Target, files: list[OutputFile]) -> list[str]:
+    """The planned outputs (directories expanded into their files), the target's extra files
+    (``Target.extra_files(out)``, e.g. the JAX target's root OCDBT database), config and
+    tokenizer."""
+    rels: list[str] = []
+    for f in files:
+        p = out / f.relpath
+        if p.is_dir():
+            rels += sorted(q.relative_to(out).as_posix() for q in p.rglob("*") if q.is_file())
+        else:
+            rels.append(f.relpath)
+    extra = getattr(target, "extra_files", None)
+    return rels + (list(extra(out)) if extra is not None else []) + [CONFIG_FILENAME,
+                                                                      TOKENIZER_FILENAME]
+
+
+def _write_manifest(out: Path, files: list[str], progress: Progress) -> Path | None:
+    mod = _manifest_module()
+    if mod is None:
+        progress.event("warning", message="verify.manifest is not available: no output manifest written")
+        return None
+    res = mod.write_manifest(out, files=files, progress=progress)
+    return Path(res) if isinstance(res, (str, Path)) else getattr(res, "path", None)

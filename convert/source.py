@@ -1,0 +1,294 @@
+"""Checkpoint tensors as row chunks, for every target: memory-mapped, bounded in memory.
+
+:class:`SourceTensor` maps one tensor file (after the safe header check of
+:class:`~grokfetch.checkpoint.reader.TensorFile`) and hands out dequantized row chunks in either
+orientation:
+
+- ``transposed=False``: JAX layout — rows of the (in, out) matrix (per expert for MoE tensors),
+  ``bf16(int8 × scale)`` exactly as ``TensorFile.dequantize``;
+- ``transposed=True``: PyTorch / GGUF layout — rows of the (out, in) matrix, i.e. output channels
+  ``r0:r1``; the int8 block is transposed first (blocked, cache-friendly), then scaled, so the
+  values are bit-identical to transposing ``TensorFile.dequantize()``.
+
+``--experts`` is applied here: ``expert`` arguments count the *kept* experts (output numbering)
+and the router's expert columns are sliced to match. :meth:`SourceTensor.release` drops the
+mapped pages of a finished expert (``MADV_DONTNEED``), so file-backed pages never pile up in the
+process's RSS: a converter holds at most one expert slab (201 MB int8 for Grok-1) plus its
+workers' chunks.
+
+:class:`SourceProvider` opens sources for the driver and implements ``--wait`` (convert while
+``grokfetch download`` is still running).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import time
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+
+from grokfetch.checkpoint.pickle_format import QW8Ref
+from grokfetch.checkpoint.reader import Checkpoint, TensorFile
+from grokfetch.errors import CheckpointError, GrokfetchError
+from grokfetch.progress import NULL_PROGRESS, Progress
+from grokfetch.spec import TensorSpec
+
+BF16 = np.dtype(ml_dtypes.bfloat16)
+PAGE = mmap.PAGESIZE
+_TRANSPOSE_BLOCK = 512
+
+
+def blocked_transpose(a: np.ndarray, block: int = _TRANSPOSE_BLOCK) -> np.ndarray:
+    """``np.ascontiguousarray(a.T)`` for a 2-D array, in tiles (about 3× faster for big ones)."""
+    rows, cols = a.shape
+    out = np.empty((cols, rows), dtype=a.dtype)
+    for r0 in range(0, rows, block):
+        out[:, r0:r0 + block] = a[r0:r0 + block].T
+    return out
+
+
+class SourceTensor:
+    """One checkpoint tensor, mapped read-only; see the module docstring."""
+
+    def __init__(self, spec: TensorSpec, path: Path, experts: list[int] | None = None):
+        self.spec, self.path = spec, path
+        with TensorFile(spec, path) as tf:  # safe scan + shape/dtype checks
+            ref = tf.ref
+        self._wref, self._sref = (ref.weight, ref.scales) if isinstance(ref, QW8Ref) else (ref, None)
+        n_exp = spec.shape[0] if spec.per_expert else (spec.shape[-1] if spec.slot.key == "router"
+                                                      else None)
+        self.experts: list[int] | None = None
+        if n_exp is not None:
+            self.experts = list(range(n_exp)) if experts is None else list(experts)
+        with open(path, "rb") as f:
+            self._map: mmap.mmap | None = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self.weight = self._view(self._wref, np.int8 if spec.quantized else np.float32)
+        self.scales = self._view(self._sref, BF16) if self._sref is not None else None
+
+    def _view(self, ref, dtype) -> np.ndarray:
+        dt = np.dtype(dtype)
+        assert self._map is not None
+        return np.frombuffer(self._map, dtype=dt, count=ref.nbytes // dt.itemsize,
+                             offset=ref.offset).reshape(ref.shape)
+
+    # -- shapes -----------------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """JAX-layout shape after the expert subset."""
+        s = self.spec.shape
+        if self.spec.per_expert:
+            return (len(self.experts),) + s[1:]  # type: ignore[arg-type]
+        if self.spec.slot.key == "router":
+            return s[:-1] + (len(self.experts),)  # type: ignore[arg-type]
+        return s
+
+    @property
+    def transposed_shape(self) -> tuple[int, ...]:
+        s = self.shape
+        return s if not self.spec.slot.transpose else s[:-2] + (s[-1], s[-2])
+
+    def matrix_shape(self, transposed: bool) -> tuple[int, ...]:
+        """Shape of the per-expert (or whole) matrix that :meth:`rows` slices."""
+        s = self.transposed_shape if transposed else self.shape
+        return s[1:] if self.spec.per_expert else s
+
+    # -- data -------------------------------------------------------------------------------
+    def rows(self, r0: int, r1: int, expert: int | None = None, transposed: bool = False,
+             dtype: np.dtype | type = BF16) -> np.ndarray:
+        """Rows ``r0:r1`` of the (expert's) matrix, dequantized, C-contiguous.
+
+        Quantized tensors come as bf16 (or the same values widened to ``np.float32``); float32
+        tensors (embedding, norms, router) keep their float32 values unless ``dtype`` is given
+        as something else than bf16/float32.
+        """
+        spec = self.spec
+        if spec.per_expert:
+            if expert is None:
+                raise ValueError(f"{spec.path}: expert index required")
+            src_e = self.experts[expert]  # type: ignore[index]
+            w = self.weight[src_e]
+            s = self.scales[src_e] if self.scales is not None else None
+        else:
+            w, s = self.weight, self.scales
+        if spec.slot.key == "router" and self.experts != list(range(spec.shape[-1])):
+            w = w[:, self.experts]
+        if w.ndim == 1:
+            out = np.array(w[r0:r1], dtype=np.float32)
+        elif not spec.quantized:
+            part = w[:, r0:r1].T if transposed else w[r0:r1]
+            out = np.ascontiguousarray(part, dtype=np.float32)
+        else:
+            out = self._dequant_rows(w, s, r0, r1, transposed)  # type: ignore[arg-type]
+            return out if np.dtype(dtype) == BF16 else out.astype(dtype)
+        return out if np.dtype(dtype) in (BF16, np.dtype(np.float32)) else out.astype(dtype)
+
+    def _dequant_rows(self, w: np.ndarray, s: np.ndarray, r0: int, r1: int,
+                      transposed: bool) -> np.ndarray:
+        n_in = w.shape[0]
+        blocks = s.shape[0]  # 1 (per output channel) or scale_row_blocks
+        if not transposed:
+            q = w[r0:r1].astype(np.float32)
+            ss = s if blocks == 1 else np.take(s, np.arange(r0, r1) // (n_in // blocks), axis=0)
+            # int8 × bf16 is exact in f32; the bf16 rounding (nearest even) is the reference's.
+            q *= ss.astype(np.float32)
+            return q.astype(BF16)
+        qt = blocked_transpose(w[:, r0:r1])  # (c, in) int8
+        st = np.ascontiguousarray(s[:, r0:r1].T, dtype=np.float32)  # (c, blocks)
+        c = r1 - r0
+        prod = qt.reshape(c, blocks, n_in // blocks).astype(np.float32)
+        del qt
+        prod *= st[:, :, None]  # in place: one float32 chunk alive, not two
+        return prod.reshape(c, n_in).astype(BF16)
+
+    def release(self, expert: int | None = None) -> None:
+        """Drop the mapped pages of one kept expert (or the whole tensor) from memory."""
+        if self._map is None:
+            return
+        if expert is not None and self.spec.per_expert:
+            per = self._wref.nbytes // self.spec.shape[0]
+            self._drop(self._wref.offset + per * self.experts[expert], per)  # type: ignore[index]
+        else:
+            self._drop(0, len(self._map))
+
+    def release_rows(self, r0: int, r1: int) -> None:
+        """Drop the pages of rows ``r0:r1`` of a non-expert tensor read in JAX orientation
+        (the embedding: 3.2 GB of float32 for Grok-1, read front to back)."""
+        if self._map is None or self.spec.per_expert or self.weight.ndim != 2:
+            return
+        row = self._wref.nbytes // self.spec.shape[0]
+        self._drop(self._wref.offset + r0 * row, (r1 - r0) * row)
+
+    def _drop(self, start: int, length: int) -> None:
+        assert self._map is not None
+        lo = start // PAGE * PAGE
+        hi = min(len(self._map), -(-(start + length) // PAGE) * PAGE)
+        if hi > lo and hasattr(mmap, "MADV_DONTNEED"):
+            try:
+                self._map.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+            except (OSError, ValueError):
+                pass
+
+    def close(self) -> None:
+        self.weight = self.scales = None  # type: ignore[assignment]
+        if self._map is not None:
+            try:
+                self._map.close()
+            except BufferError:
+                pass  # a caller still holds a view; the mapping goes with it
+            self._map = None
+
+    def __enter__(self) -> SourceTensor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class WaitTimeout(GrokfetchError):
+    """``--wait`` gave up on a checkpoint file that never completed."""
+
+
+class SourceProvider:
+    """Opens :class:`SourceTensor` objects for a target; waits for files under ``--wait``.
+
+    With ``wait=True`` a file is used once it has exactly ``spec.file_bytes`` bytes, passes the
+    header check and, when the download folder holds ``.grokfetch/*.torrent`` and
+    ``verify.pieces.check_file`` is available, its pieces hash-check against the torrent.
+    ``checked_by`` records which check was applied ("pieces" or "size+header").
+    """
+
+    def __init__(self, ckpt: Checkpoint, experts: list[int] | tuple[int, ...] | None = None, *,
+                 wait: bool = False, wait_timeout: float | None = None, poll: float = 1.0,
+                 progress: Progress = NULL_PROGRESS):
+        self.ckpt, self.wait, self.wait_timeout, self.poll = ckpt, wait, wait_timeout, poll
+        self.experts = list(experts) if experts is not None else None
+        self.progress = progress
+        self.checked_by: dict[str, str] = {}
+        self._piece_check = _find_piece_checker(ckpt) if wait else None
+
+    def open(self, spec: TensorSpec) -> SourceTensor:
+        path = self.ckpt.file_path(spec)
+        if self.wait:
+            self._wait_for(spec, path)
+        return SourceTensor(spec, path, self.experts)
+
+    def _wait_for(self, spec: TensorSpec, path: Path) -> None:
+        deadline = None if self.wait_timeout is None else time.monotonic() + self.wait_timeout
+        announced = False
+        while True:
+            st = self.ckpt.status(spec)
+            reason = st.detail or st.status
+            if st.status == "ok":
+                ok = self._piece_check(spec) if self._piece_check is not None else None
+                if ok is None:
+                    self.checked_by[spec.file] = "size+header"
+                    return
+                if ok:
+                    self.checked_by[spec.file] = "pieces"
+                    return
+                reason = "complete but fails the torrent's piece hashes"
+            if not announced:
+                self.progress.event("status", text=f"waiting for {spec.file}")
+                announced = True
+            if deadline is not None and time.monotonic() > deadline:
+                raise WaitTimeout(f"timed out waiting for {path} ({reason})",
+                                  hint="is `grokfetch download` still running? raise --wait-timeout")
+            time.sleep(self.poll)
+
+
+def _find_piece_checker(ckpt: Checkpoint):
+    """A ``spec -> bool`` piece-hash check when ``.grokfetch/*.torrent`` and
+    ``verify.pieces.check_torrent`` are available (else None: size + header only).
+
+    The torrent's files are matched to checkpoint files by path (``ckpt-0/tensorNNNNN_000``,
+    possibly below the torrent's top folder); only the pieces covering that one file are hashed
+    (``check_torrent(..., only={index})``). A v1 piece that spans into a neighbour still being
+    downloaded cannot be read yet; ``check_torrent`` reports it against the neighbour, so such a
+    boundary piece is not held against the file.
+    """
+    root = ckpt.layout.root
+    torrents: list[Path] = []
+    for base in (root, root.parent, root.parent.parent):
+        d = base / ".grokfetch"
+        if d.is_dir():
+            torrents = sorted(d.glob("*.torrent"))
+            if torrents:
+                break
+    if not torrents:
+        return None
+    try:
+        from verify.pieces import check_torrent
+        from verify.torrentfile import load_torrent
+    except ImportError:
+        return None
+    try:
+        torrent = load_torrent(torrents[0])
+    except (GrokfetchError, OSError, ValueError):
+        return None
+    by_path = {f.path: i for i, f in enumerate(torrent.files) if not f.pad}
+
+    def check(spec: TensorSpec) -> bool | None:
+        rel = next((p for p in by_path if p == spec.relpath or p.endswith("/" + spec.relpath)), None)
+        if rel is None:
+            return None  # not in this torrent: size + header only
+        path = ckpt.file_path(spec)
+        content_root = path.parents[rel.count("/")]
+        try:
+            rep = check_torrent(content_root, torrent, only={by_path[rel]})
+        except (GrokfetchError, OSError, ValueError):
+            return False
+        return not [f for f in rep.errors if f.path == rel]
+
+    return check
+
+
+def file_ready(ckpt: Checkpoint, spec: TensorSpec) -> bool:
+    """True when a checkpoint file is complete and well-formed (size + header)."""
+    try:
+        return os.stat(ckpt.file_path(spec)).st_size == spec.file_bytes and \
+            ckpt.status(spec).status == "ok"
+    except (FileNotFoundError, CheckpointError):
+        return False

@@ -1,0 +1,219 @@
+"""The sharded smoke engine: jitted embed / layer / head programs and greedy generation.
+
+One ``shard_map``'d decoder layer (two all-reduces over ``model``) is compiled per token count
+and called in a host loop over the layers ("perlayer" driver), with the layer's KV cache
+donated. The embedding and the output head are plain jitted functions on sharded arrays. Only
+two token counts are ever compiled: the prefill bucket (the whole cache length; prompts are
+right-padded with the pad token, which is masked as a key) and single-token decode.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from grokfetch.smoke import model
+from grokfetch.smoke.mesh import CACHE_AXES, MODEL, WEIGHT_AXES, scale_blocks_for
+from grokfetch.spec import LAYER_SLOTS, ModelConfig, TensorTable
+
+DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
+
+
+def weight_struct(table: TensorTable, slot: str, n: int, weight_kind: str, dtype: Any) -> dict:
+    """Global shape/dtype of a slot's ``{"w"[, "s"]}`` as it will be placed (layer 0's spec)."""
+    spec = table.get(slot, 0) if slot not in ("embed", "final_norm") else table.get(slot)
+    if not spec.quantized:
+        return {"w": (spec.shape, jnp.float32)}
+    if weight_kind == "dense":
+        return {"w": (spec.shape, dtype)}
+    sshape = list(spec.scales_shape)  # type: ignore[arg-type]
+    sshape[-2] = scale_blocks_for(spec, n)
+    return {"w": (spec.shape, jnp.int8), "s": (tuple(sshape), jnp.bfloat16)}
+
+
+@dataclass
+class Engine:
+    """Compiled programs for one (config, mesh, dtype, weight kind, cache length)."""
+
+    table: TensorTable
+    mesh: Any
+    dtype_name: str
+    weight_kind: str
+    cache_len: int
+    compiled: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+    compile_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.cfg: ModelConfig = self.table.config
+        self.dtype = DTYPES[self.dtype_name]
+        self.n = self.mesh.devices.size
+        self.cache_shape = (self.cache_len, self.cfg.num_kv_heads, self.cfg.key_size)
+
+    # -- shardings and abstract arguments ------------------------------------------------------
+
+    def sharding(self, axes: tuple) -> NamedSharding:
+        return NamedSharding(self.mesh, P(*axes))
+
+    def slot_sharding(self, slot: str) -> NamedSharding:
+        return self.sharding(WEIGHT_AXES[slot])
+
+    def abstract_layer(self) -> dict:
+        out = {}
+        for slot in LAYER_SLOTS:
+            sh = self.slot_sharding(slot.key)
+            st = weight_struct(self.table, slot.key, self.n, self.weight_kind, self.dtype)
+            out[slot.key] = {k: jax.ShapeDtypeStruct(shape, dt, sharding=sh)
+                             for k, (shape, dt) in st.items()}
+        return out
+
+    def abstract_global(self, slot: str) -> jax.ShapeDtypeStruct:
+        (shape, dt), = weight_struct(self.table, slot, self.n, self.weight_kind, self.dtype).values()
+        return jax.ShapeDtypeStruct(shape, dt, sharding=self.slot_sharding(slot))
+
+    def abstract_cache(self) -> jax.ShapeDtypeStruct:
+        return jax.ShapeDtypeStruct(self.cache_shape, self.dtype, sharding=self.sharding(CACHE_AXES))
+
+    # -- programs --------------------------------------------------------------------------------
+
+    def _layer_fn(self):
+        cfg, dtype = self.cfg, self.dtype
+        layer_specs = {slot.key: {k: P(*WEIGHT_AXES[slot.key]) for k in st}
+                       for slot in LAYER_SLOTS
+                       for st in [weight_struct(self.table, slot.key, self.n, self.weight_kind, dtype)]}
+        cache_spec = P(*CACHE_AXES)
+        body = partial(model.layer, cfg=cfg, dtype=dtype, axis=MODEL)
+        return jax.shard_map(body, mesh=self.mesh,
+                             in_specs=(P(), layer_specs, cache_spec, cache_spec, P(), P()),
+                             out_specs=(P(), cache_spec, cache_spec), check_vma=True)
+
+    def compile(self, kinds: tuple[str, ...] = ("prefill", "decode")) -> dict[str, Any]:
+        """Lower and compile the programs (embed, layer, head per kind) from shapes alone;
+        returns XLA's per-device memory stats of each."""
+        t0 = time.perf_counter()
+        cfg, dtype, rep = self.cfg, self.dtype, self.sharding(())
+        emb = self.abstract_global("embed")
+        norm = self.abstract_global("final_norm")
+        cache = self.abstract_cache()
+        layer_jit = jax.jit(self._layer_fn(), donate_argnums=(2, 3),
+                            out_shardings=(rep, cache.sharding, cache.sharding))
+        embed_jit = jax.jit(partial(model.embed, cfg=cfg, dtype=dtype), out_shardings=rep)
+        head_jit = jax.jit(partial(model.unembed, cfg=cfg, dtype=dtype), out_shardings=rep)
+        stats = {}
+        for name, t in (("prefill", self.cache_len), ("decode", 1)):
+            if name not in kinds:
+                continue
+            toks = jax.ShapeDtypeStruct((t,), jnp.int32, sharding=rep)
+            h = jax.ShapeDtypeStruct((t, cfg.emb_size), dtype, sharding=rep)
+            pos = jax.ShapeDtypeStruct((), jnp.int32, sharding=rep)
+            key_ok = jax.ShapeDtypeStruct((self.cache_len,), jnp.bool_, sharding=rep)
+            progs = {
+                "embed": embed_jit.lower(emb, toks),
+                "layer": layer_jit.lower(h, self.abstract_layer(), cache, cache, pos, key_ok),
+                "head": head_jit.lower(h, norm, emb),
+            }
+            for kind, lowered in progs.items():
+                exe = lowered.compile()
+                self.compiled[f"{name}/{kind}"] = exe
+                stats[f"{name}/{kind}"] = _memory(exe)
+        self.compile_seconds = time.perf_counter() - t0
+        return stats
+
+    def temporaries(self, stats: dict[str, Any]) -> int | None:
+        """Largest per-device temporary (plus output) size XLA reported over the programs."""
+        vals = [s["temp"] + s["output"] - s["alias"] for s in stats.values() if s]
+        return max(vals) if len(vals) == len(stats) and vals else None
+
+    # -- running ---------------------------------------------------------------------------------
+
+    def new_caches(self, layers: int) -> list[tuple[jax.Array, jax.Array]]:
+        sh = self.sharding(CACHE_AXES)
+        zeros = jax.jit(lambda: jnp.zeros(self.cache_shape, self.dtype), out_shardings=sh)
+        return [(zeros(), zeros()) for _ in range(layers)]
+
+    def forward(self, params: dict, caches: list, tokens: np.ndarray, pos: int,
+                key_ok: np.ndarray) -> jax.Array:
+        """Run ``tokens`` (prefill bucket or one token) at ``pos``; caches are updated in place."""
+        name = "decode" if len(tokens) == 1 else "prefill"
+        rep = self.sharding(())
+        toks = jax.device_put(np.asarray(tokens, np.int32), rep)
+        p = jax.device_put(np.int32(pos), rep)
+        ok = jax.device_put(np.asarray(key_ok, bool), rep)
+        h = self.compiled[f"{name}/embed"](params["embed"], toks)
+        layer = self.compiled[f"{name}/layer"]
+        for i, lp in enumerate(params["layers"]):
+            kc, vc = caches[i]
+            h, kc, vc = layer(h, lp, kc, vc, p, ok)
+            caches[i] = (kc, vc)
+        return self.compiled[f"{name}/head"](h, params["final_norm"], params["embed"])
+
+    def prefill_logits(self, params: dict, tokens: list[int]) -> np.ndarray:
+        """Teacher-forced logits ``[len(tokens), vocab]`` of one prefill over ``tokens``."""
+        buf = self._bucket(tokens)
+        caches = self.new_caches(len(params["layers"]))
+        logits = self.forward(params, caches, buf, 0, buf != self.cfg.pad_token_id)
+        return to_host(logits)[: len(tokens)]
+
+    def _bucket(self, tokens: list[int]) -> np.ndarray:
+        if len(tokens) > self.cache_len:
+            raise ValueError(f"{len(tokens)} tokens exceed the cache length {self.cache_len}")
+        buf = np.full(self.cache_len, self.cfg.pad_token_id, np.int32)
+        buf[: len(tokens)] = tokens
+        return buf
+
+    def generate(self, params: dict, prompt: list[int], new_tokens: int) -> Generation:
+        """Greedy decoding: one prefill over the prompt, then ``new_tokens - 1`` cached steps."""
+        buf = self._bucket(prompt)
+        caches = self.new_caches(len(params["layers"]))
+        t0 = time.perf_counter()
+        logits = to_host(self.forward(params, caches, buf, 0, buf != self.cfg.pad_token_id))
+        t_prefill = time.perf_counter() - t0
+        prompt_logits = logits[: len(prompt)]
+        tokens = [int(np.argmax(prompt_logits[-1]))]
+        step_logits = []
+        t0 = time.perf_counter()
+        for step in range(1, new_tokens):
+            pos = len(prompt) + step - 1
+            buf[pos] = tokens[-1]
+            out = to_host(self.forward(params, caches, buf[pos:pos + 1], pos,
+                                       buf != self.cfg.pad_token_id))[0]
+            step_logits.append(out)
+            tokens.append(int(np.argmax(out)))
+        t_decode = time.perf_counter() - t0
+        decode = np.stack(step_logits) if step_logits else np.zeros((0, self.cfg.vocab_size), np.float32)
+        return Generation(prompt_logits, decode, tokens, t_prefill, t_decode)
+
+
+@dataclass
+class Generation:
+    prompt_logits: np.ndarray  # [T, vocab] f32
+    decode_logits: np.ndarray  # [K-1, vocab] f32, the cached steps
+    tokens: list[int]  # the K greedy tokens
+    prefill_seconds: float
+    decode_seconds: float
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+    """A replicated array's value (works when other processes hold some of its devices)."""
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    return np.asarray(x.addressable_shards[0].data)
+
+
+def _memory(exe) -> dict[str, int] | None:
+    try:
+        ma = exe.memory_analysis()
+    except Exception:  # noqa: BLE001 - not every backend reports it
+        return None
+    if ma is None:
+        return None
+    return {"argument": int(ma.argument_size_in_bytes), "output": int(ma.output_size_in_bytes),
+            "temp": int(ma.temp_size_in_bytes), "alias": int(ma.alias_size_in_bytes)}

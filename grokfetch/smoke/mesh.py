@@ -1,0 +1,269 @@
+"""Devices, the (data, model) mesh, partition specs, and the memory preflight from shapes.
+
+The partition rules are the official ones (``TRANSFORMER_PARTITION_RULES``) with the data axis
+of size 1 left out of the weights: q/k/v column-parallel, the attention output and the expert
+down projection row-parallel (their row-block scales split with their rows), gate/up split
+along the FFN columns for every expert, the embedding split along ``emb_size``, norms and
+routers replicated; the KV cache splits its kv heads. Weights and scales share a spec.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from grokfetch.errors import GrokfetchError, UsageError
+from grokfetch.spec import ModelConfig, TensorSpec, TensorTable
+
+MODEL = "model"
+DATA = "data"
+
+#: Mesh axis per dimension, for the weight (and its scales) of each slot; None = replicated.
+WEIGHT_AXES: dict[str, tuple[str | None, ...]] = {
+    "embed": (None, MODEL),
+    "final_norm": (None,),
+    "attn_q": (None, MODEL),
+    "attn_k": (None, MODEL),
+    "attn_v": (None, MODEL),
+    "attn_o": (MODEL, None),
+    "moe_gate": (None, None, MODEL),
+    "moe_up": (None, None, MODEL),
+    "moe_down": (None, MODEL, None),
+    "router": (None, None),
+    "norm_attn_in": (None,),
+    "norm_attn_out": (None,),
+    "norm_moe_in": (None,),
+    "norm_moe_out": (None,),
+}
+CACHE_AXES = (None, MODEL, None)  # (S, kv_heads, key_size)
+
+
+def pspec(slot: str):
+    """The ``PartitionSpec`` of a slot's weight and scales."""
+    from jax.sharding import PartitionSpec as P
+
+    return P(*WEIGHT_AXES[slot])
+
+
+def check_devices(cfg: ModelConfig, n: int) -> None:
+    """Raise :class:`UsageError` unless every sharded dimension splits evenly over ``n``."""
+    if n < 1:
+        raise UsageError(f"--gpus must be at least 1, not {n}")
+    dims = {"kv heads": cfg.num_kv_heads, "query heads": cfg.num_q_heads,
+            "ffn_size": cfg.ffn_size, "emb_size": cfg.emb_size}
+    bad = [f"{k} {v}" for k, v in dims.items() if v % n]
+    if bad:
+        ok = [d for d in (1, 2, 4, 8, 16) if all(v % d == 0 for v in dims.values())]
+        raise UsageError(f"{cfg.name} cannot be split over {n} devices ({', '.join(bad)} not "
+                         f"divisible); use one of --gpus {', '.join(map(str, ok))}")
+
+
+def scale_blocks_for(spec: TensorSpec, n: int) -> int:
+    """Row blocks of a scale tensor once re-blocked for ``n`` devices (``lcm(B, n)`` when
+    ``n`` does not divide ``B``; the scales are then repeated, the weight is unchanged)."""
+    assert spec.scales_shape is not None
+    b = spec.scales_shape[-2]
+    if spec.scale_layout != "row_blocks" or b % n == 0:
+        return b
+    return math.lcm(b, n)
+
+
+# --- devices ----------------------------------------------------------------------------------
+
+
+def setup_jax(platform: str, n: int, coordinator: str | None = None, num_processes: int = 1,
+              process_id: int = 0):
+    """Import JAX for ``platform`` with enough devices and return ``n`` of them.
+
+    On ``cpu`` this asks for ``n / num_processes`` simulated devices *before* the backend
+    starts (``XLA_FLAGS`` and ``jax_num_cpu_devices``). If JAX already runs in this process
+    (tests), its existing devices are used when there are enough.
+    """
+    if platform not in ("cpu", "gpu"):
+        raise UsageError(f"--platform must be gpu or cpu, not {platform!r}")
+    if num_processes < 1 or not 0 <= process_id < num_processes:
+        raise UsageError(f"--process-id {process_id} must be in 0..{num_processes - 1}")
+    if n % num_processes:
+        raise UsageError(f"--gpus {n} must be a multiple of --num-processes {num_processes}")
+    local = n // num_processes
+    fresh = "jax" not in sys.modules
+    if platform == "cpu" and fresh:
+        flag = f"--xla_force_host_platform_device_count={local}"
+        flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+                 if not f.startswith("--xla_force_host_platform_device_count")]
+        os.environ["XLA_FLAGS"] = " ".join(flags + [flag])
+        os.environ["JAX_PLATFORMS"] = "cpu"
+    import jax
+
+    if platform == "cpu":
+        try:
+            jax.config.update("jax_platforms", "cpu")
+            jax.config.update("jax_num_cpu_devices", local)
+        except RuntimeError:
+            pass  # the backend already started: use the devices it has
+    if coordinator:
+        try:
+            jax.distributed.initialize(coordinator_address=coordinator,
+                                       num_processes=num_processes, process_id=process_id)
+        except RuntimeError as exc:
+            if "already" not in str(exc):
+                raise GrokfetchError(f"jax.distributed.initialize({coordinator}) failed: {exc}") from None
+    elif num_processes > 1:
+        raise UsageError("--num-processes > 1 needs --coordinator HOST:PORT")
+    try:
+        devices = jax.devices(platform)
+    except RuntimeError:
+        raise UsageError(f"no {platform} devices found",
+                         hint="install the gpu extra of grokfetch (JAX with CUDA 12), "
+                              "or use --platform cpu") from None
+    if len(devices) < n:
+        raise UsageError(f"--gpus {n} asked for, but only {len(devices)} {platform} devices exist"
+                         + ("" if platform == "gpu" or fresh else
+                            " (JAX was already started in this process with fewer devices)"))
+    return devices[:n]
+
+
+def make_mesh(devices):
+    """A (data=1, model=N) mesh with Auto axes (``jax.make_mesh`` defaults to Explicit)."""
+    import numpy as np
+    from jax.sharding import Mesh
+
+    return Mesh(np.array(devices).reshape(1, len(devices)), (DATA, MODEL))
+
+
+# --- preflight ----------------------------------------------------------------------------------
+
+
+DTYPE_BYTES = {"int8": 1, "bfloat16": 2, "float32": 4}
+
+
+def _bytes_of(dtype: str) -> int:
+    return DTYPE_BYTES[dtype]
+
+
+def shard_bytes(spec: TensorSpec, n: int, weight_kind: str, compute_dtype: str) -> int:
+    """Bytes one device holds of ``spec`` once placed (weight plus scales).
+
+    ``weight_kind`` is ``"int8"`` (int8 + bf16 scales on device) or ``"dense"`` (the quantized
+    slots arrive as floats and are placed in the compute dtype). Embedding, norms and routers
+    are placed as f32.
+    """
+    axes = WEIGHT_AXES[spec.slot.key]
+    div = n ** sum(a is not None for a in axes)
+    if not spec.quantized:
+        return math.prod(spec.shape) * 4 // div
+    if weight_kind == "dense":
+        return math.prod(spec.shape) * _bytes_of(compute_dtype) // div
+    assert spec.scales_shape is not None
+    sshape = list(spec.scales_shape)
+    sshape[-2] = scale_blocks_for(spec, n)
+    return math.prod(spec.shape) // div + math.prod(sshape) * 2 // div
+
+
+@dataclass
+class Preflight:
+    """Per-device memory plan of a smoke run, from shapes alone."""
+
+    devices: int
+    layers: int
+    weights: int
+    kv_cache: int
+    temporaries: int
+    device_bytes: int | None
+    measured_temporaries: bool = False
+    margin: float = 0.08
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache + self.temporaries
+
+    @property
+    def fits(self) -> bool:
+        return self.device_bytes is None or self.total * (1 + self.margin) <= self.device_bytes
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "total": self.total, "fits": self.fits}
+
+
+def estimate_temporaries(cfg: ModelConfig, n: int, tokens: int, cache_len: int,
+                         compute_dtype: str) -> int:
+    """A generous analytic bound on the largest live temporaries of one program (per device).
+
+    The layer program materialises one expert's three dequantized matrices (scan over experts;
+    a backend may also widen them to f32 for the matmul), the FFN activations and the attention
+    probabilities; the output head casts (and may transpose) the embedding shard and returns
+    replicated f32 logits.
+    """
+    b = _bytes_of(compute_dtype)
+    d, f, v = cfg.emb_size, cfg.ffn_size // n, cfg.vocab_size
+    expert = 3 * d * f * (b + 4)
+    ffn_act = tokens * f * (3 * b + 4) + 2 * tokens * d * 4
+    attn_w = (2 * d * cfg.q_size + 2 * d * cfg.kv_size) * (b + 4) // n
+    probs = (cfg.num_q_heads // n) * tokens * cache_len * 4 * 3
+    layer = expert + ffn_act + attn_w + probs
+    head = v * d * (b + 4) // n + tokens * v * 4 * 2 + tokens * d * 4
+    return max(layer, head)
+
+
+def preflight(table: TensorTable, n: int, device_bytes: int | None, *, layers: int,
+              tokens: int, cache_len: int, weight_kind: str = "int8",
+              compute_dtype: str = "bfloat16", temporaries: int | None = None) -> Preflight:
+    """Bytes per device for weights (the first ``layers`` layers plus globals), KV cache and
+    temporaries (``temporaries`` when measured by XLA, else :func:`estimate_temporaries`)."""
+    cfg = table.config
+    specs = table.select(range(layers))
+    weights = sum(shard_bytes(s, n, weight_kind, compute_dtype) for s in specs)
+    kv = layers * 2 * cache_len * (cfg.num_kv_heads // n) * cfg.key_size * _bytes_of(compute_dtype)
+    measured = temporaries is not None
+    temps = temporaries if measured else estimate_temporaries(cfg, n, tokens, cache_len, compute_dtype)
+    return Preflight(n, layers, weights, kv, int(temps), device_bytes, measured)
+
+
+def fitting_layers(table: TensorTable, n: int, device_bytes: int, **kw: Any) -> int:
+    """The largest K for which ``--layers K`` fits (0 when not even the globals fit)."""
+    best = 0
+    for k in range(1, table.config.num_layers + 1):
+        if preflight(table, n, device_bytes, layers=k, **kw).fits:
+            best = k
+        else:
+            break
+    return best
+
+
+def device_memory(devices, platform: str) -> int | None:
+    """Usable bytes per device: the accelerator's ``bytes_limit``; on CPU, available RAM
+    shared by the simulated devices (so a per-device share)."""
+    if platform != "cpu":
+        try:
+            stats = devices[0].memory_stats() or {}
+            if "bytes_limit" in stats:
+                return int(stats["bytes_limit"])
+        except Exception:  # noqa: BLE001 - backends without stats
+            return None
+        return None
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available) // max(1, len(devices))
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def peak_memory(devices) -> dict[str, int]:
+    """``peak:<device>`` → peak bytes in use, where the backend reports it (GPUs)."""
+    out = {}
+    for d in devices:
+        try:
+            stats = d.memory_stats() or {}
+        except Exception:  # noqa: BLE001 - CPU and remote devices report nothing
+            continue
+        if "peak_bytes_in_use" in stats:
+            out[f"peak:{d}"] = int(stats["peak_bytes_in_use"])
+    return out
+
+
+def gib(n: int | float) -> str:
+    return f"{n / 2**30:.2f} GiB"

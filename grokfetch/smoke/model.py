@@ -1,0 +1,176 @@
+"""The Grok-1 forward pass as pure JAX functions (``docs/grok1-format.md`` §3).
+
+Every function works on what one device holds: inside the ``shard_map`` of
+:mod:`grokfetch.smoke.engine` the attention heads, the expert FFN columns and the row blocks of
+the row-parallel weights are the local shard; with one device they are the whole tensor. The
+``axis`` argument names the mesh axis to reduce over (``psum``); the same code runs for N = 1.
+
+Precisions follow the reference (``dtype=bfloat16``): a bf16 residual stream, norms, RoPE,
+attention logits/softmax and the router in f32, matmuls with bf16 inputs and f32 accumulation.
+With ``dtype=float32`` every activation is f32. The weights are always the reference's
+effective weights ``bf16(int8 × scale)`` (widened to f32 in f32 mode), so every lossless format
+feeds the same values. Logits are returned in f32 (the reference rounds them to bf16 last).
+
+A weight is a dict ``{"w": array}`` (dense) or ``{"w": int8, "s": bf16 scales}`` (quantized).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from grokfetch.spec import ModelConfig
+
+F32 = jnp.float32
+BF16 = jnp.bfloat16
+Params = dict[str, Any]
+
+
+def dequant(wd: dict, dtype: Any) -> jax.Array:
+    """The effective weight ``bf16(q × s)`` of a (local shard of a) weight, in ``dtype``.
+
+    Scales are ``(..., B, out)``: ``B == 1`` is one scale per output channel; ``B > 1`` is the
+    row-block layout, where the local rows split into ``B`` equal blocks (the shard carries the
+    scale blocks of its own rows, so this holds for any N that divides the blocks).
+    """
+    w = wd["w"]
+    if "s" not in wd:
+        out = w.astype(dtype)
+    else:
+        s = wd["s"].astype(F32)
+        blocks = s.shape[-2]
+        if blocks == 1:
+            prod = w.astype(F32) * s
+        else:
+            rows, cols = w.shape[-2], w.shape[-1]
+            wb = w.reshape(w.shape[:-2] + (blocks, rows // blocks, cols)).astype(F32)
+            prod = (wb * s[..., :, None, :]).reshape(w.shape)
+        # The int8 × bf16 product is exact in f32; one explicit rounding to bf16 gives the
+        # reference weight bit for bit (a bf16 multiply could keep excess f32 precision in XLA).
+        out = prod.astype(BF16).astype(dtype)
+    # Materialise the weight before the matmul, so quantized and dense formats feed the dot
+    # the same array and compile to the same matmul (lossless formats: identical logits).
+    return lax.optimization_barrier(out)
+
+
+def matmul(x: jax.Array, w: jax.Array, dtype: Any) -> jax.Array:
+    """``x @ w`` with f32 accumulation, rounded to ``dtype``."""
+    return jnp.matmul(x.astype(dtype), w.astype(dtype), preferred_element_type=F32).astype(dtype)
+
+
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+    """``scale · x / sqrt(mean(x²) + eps)`` in f32, cast back to ``x.dtype`` (no ``1 + scale``)."""
+    x32 = x.astype(F32)
+    ms = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+    return (scale.astype(F32) * (x32 * lax.rsqrt(ms + eps))).astype(x.dtype)
+
+
+def rope(x: jax.Array, positions: jax.Array, base: float) -> jax.Array:
+    """Rotate-half RoPE over the full head dim; ``x`` is ``(T, heads, d)``, math in f32."""
+    d = x.shape[-1]
+    inv_freq = 1.0 / (base ** (jnp.arange(0, d, 2, dtype=F32) / d))
+    phase = positions.astype(F32)[:, None] * inv_freq[None, :]
+    phase = jnp.concatenate([phase, phase], axis=-1)[:, None, :]
+    x32 = x.astype(F32)
+    half = d // 2
+    rot = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+    return (x32 * jnp.cos(phase) + rot * jnp.sin(phase)).astype(x.dtype)
+
+
+def embed(embedding: jax.Array, tokens: jax.Array, cfg: ModelConfig, dtype: Any) -> jax.Array:
+    """``E[tokens]`` cast to the stream dtype, times the embedding multiplier (in that dtype)."""
+    return embedding[tokens].astype(dtype) * cfg.embedding_multiplier_scale
+
+
+def unembed(h: jax.Array, final_norm: jax.Array, embedding: jax.Array, cfg: ModelConfig,
+            dtype: Any) -> jax.Array:
+    """Final RMSNorm, the tied output head ``z · Eᵀ`` and the output multiplier; f32 logits."""
+    z = rms_norm(h, final_norm, cfg.rms_norm_eps)
+    logits = jnp.matmul(z.astype(dtype), embedding.astype(dtype).T, preferred_element_type=F32)
+    return logits * cfg.output_multiplier_scale
+
+
+def attention(h: jax.Array, p: Params, k_cache: jax.Array, v_cache: jax.Array, pos: jax.Array,
+              key_ok: jax.Array, cfg: ModelConfig, dtype: Any, axis: str | None):
+    """Attention sublayer on the local heads; returns (partial o-projection in f32, caches).
+
+    ``h`` (T, D) is already normed; ``k_cache``/``v_cache`` are (S, kv_local, d); ``pos`` is the
+    position of ``h[0]``; ``key_ok`` (S,) marks cache slots holding a non-padding token.
+    """
+    t, d = h.shape[0], cfg.key_size
+    q = matmul(h, dequant(p["attn_q"], dtype), dtype)
+    k = matmul(h, dequant(p["attn_k"], dtype), dtype)
+    v = matmul(h, dequant(p["attn_v"], dtype), dtype)
+    kv_local = k.shape[-1] // d
+    group = cfg.num_q_heads // cfg.num_kv_heads
+    positions = pos + jnp.arange(t, dtype=jnp.int32)
+    q = rope(q.reshape(t, kv_local * group, d), positions, cfg.rope_base)
+    k = rope(k.reshape(t, kv_local, d), positions, cfg.rope_base)
+    v = v.reshape(t, kv_local, d)
+    k_cache = lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (pos, 0, 0))
+    v_cache = lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (pos, 0, 0))
+    # Query head h uses kv head h // group (consecutive grouping).
+    qg = q.reshape(t, kv_local, group, d)
+    logits = jnp.einsum("tkgd,skd->kgts", qg, k_cache.astype(dtype), preferred_element_type=F32)
+    logits = logits.astype(dtype).astype(F32) * cfg.attn_output_multiplier
+    cap = cfg.attn_logit_softcap
+    logits = cap * jnp.tanh(logits / cap)
+    s = k_cache.shape[0]
+    mask = (jnp.arange(s)[None, :] <= positions[:, None]) & key_ok[None, :]
+    logits = jnp.where(mask[None, None], logits, -1e30)
+    weights = jax.nn.softmax(logits, axis=-1).astype(dtype)
+    out = jnp.einsum("kgts,skd->tkgd", weights, v_cache.astype(dtype),
+                     preferred_element_type=F32).astype(dtype)
+    o = jnp.matmul(out.reshape(t, -1), dequant(p["attn_o"], dtype), preferred_element_type=F32)
+    return o, k_cache, v_cache
+
+
+def router_gates(h: jax.Array, router: jax.Array, cfg: ModelConfig) -> jax.Array:
+    """(T, E) f32 gates: the top-k softmax probabilities, zero elsewhere; no renormalisation."""
+    probs = jax.nn.softmax(jnp.matmul(h.astype(F32), router.astype(F32)), axis=-1)
+    vals, idx = lax.top_k(probs, cfg.num_selected_experts)
+    onehot = jax.nn.one_hot(idx, cfg.num_experts, dtype=F32)
+    return jnp.sum(onehot * vals[..., None], axis=1)
+
+
+def moe(h: jax.Array, p: Params, cfg: ModelConfig, dtype: Any, axis: str | None) -> jax.Array:
+    """The MoE on the local FFN columns; returns the partial (pre-psum) output in f32.
+
+    ``lax.scan`` over the experts keeps one expert's dequantized weights live at a time. Every
+    expert runs on every token (as in the reference); unselected experts get gate 0.
+    """
+    gates = router_gates(h, p["router"]["w"], cfg).astype(dtype).astype(F32)
+
+    def one_expert(acc, xs):
+        gate_w, up_w, down_w, g = xs
+        a = matmul(h, dequant(gate_w, dtype), dtype)
+        b = matmul(h, dequant(up_w, dtype), dtype)
+        y = jnp.matmul(jax.nn.gelu(a, approximate=True) * b, dequant(down_w, dtype),
+                       preferred_element_type=F32)
+        return acc + g[:, None] * y, None
+
+    init = jnp.zeros(h.shape, F32)
+    if axis is not None:
+        init = lax.pcast(init, (axis,), to="varying")
+    acc, _ = lax.scan(one_expert, init, (p["moe_gate"], p["moe_up"], p["moe_down"], gates.T))
+    return acc
+
+
+def layer(h: jax.Array, p: Params, k_cache: jax.Array, v_cache: jax.Array, pos: jax.Array,
+          key_ok: jax.Array, cfg: ModelConfig, dtype: Any, axis: str | None = None):
+    """One decoder layer with the four sandwich RMSNorms; two all-reduces over ``axis``."""
+    eps = cfg.rms_norm_eps
+
+    def reduce(x):
+        return lax.psum(x, axis) if axis is not None else x
+
+    a = rms_norm(h, p["norm_attn_in"]["w"], eps)
+    o, k_cache, v_cache = attention(a, p, k_cache, v_cache, pos, key_ok, cfg, dtype, axis)
+    h = h + rms_norm(reduce(o).astype(dtype), p["norm_attn_out"]["w"], eps)
+    m = rms_norm(h, p["norm_moe_in"]["w"], eps)
+    y = reduce(moe(m, p, cfg, dtype, axis)).astype(dtype)
+    h = h + rms_norm(y, p["norm_moe_out"]["w"], eps)
+    return h, k_cache, v_cache

@@ -1,0 +1,536 @@
+"""The download job: SOURCE (magnet / .torrent / preset) to hash-verified files in DIR.
+
+:func:`download` is the one function the CLI (and ``verify --repair``) calls. It returns only
+when libtorrent's SHA-1 piece hashes confirm every wanted piece, and raises otherwise:
+:class:`~grokfetch.errors.Interrupted` (SIGINT/SIGTERM, resume data saved),
+:class:`~grokfetch.errors.DownloadFailed` (stalled, disk full, file error),
+:class:`~grokfetch.errors.InsufficientSpaceError` (preflight), ``UsageError`` (bad input).
+
+Repair use: ``download(saved_torrent_path, dest, DownloadOptions(peers=[...], recheck=True))``
+ignores resume data, so libtorrent hash-checks the files on disk and fetches only missing or
+bad pieces.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from grokfetch.errors import DownloadFailed, InsufficientSpaceError, Interrupted, UsageError
+from grokfetch.fsutil import free_bytes, safe_join, write_atomic
+from grokfetch.progress import NULL_PROGRESS, Progress
+from grokfetch.spec import TensorTable, load_config, parse_layers
+from grokfetch.torrent import selection
+from grokfetch.torrent.session import NetOptions, clear_flags, listen_port, make_session, resolve_peer
+from grokfetch.torrent.source import Source, infohash_of, resolve, torrent_bytes
+from grokfetch.torrent.state import StateFiles
+
+ORDERS = ("rarest", "sequential", "model")
+
+
+@dataclass
+class DownloadOptions:
+    """Everything ``grokfetch download`` can be told. Defaults suit a real internet download."""
+
+    include: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    layers: str | None = None            # "0-3", "0,2,5-7"; None = all
+    preset: str | None = None            # model preset for --layers / --order model
+    order: str = "rarest"                # rarest | sequential | model
+    peers: list[str] = field(default_factory=list)      # "HOST:PORT"
+    webseeds: list[str] = field(default_factory=list)   # BEP 19 base URLs
+    trackers: bool = True                # announce to the source's trackers
+    listen: str | None = None            # "ADDR:PORT"; None = all interfaces, 6881
+    dht: bool = True
+    lsd: bool = True
+    upnp: bool = True
+    utp: bool = True
+    max_download_rate: int | None = None
+    max_upload_rate: int | None = None
+    force: bool = False                  # skip the free-space preflight
+    timeout: float | None = None         # give up after this long without progress
+    recheck: bool = False                # ignore resume data: hash-check files on disk first
+    resume_interval: float = 30.0        # seconds between periodic resume-data saves
+    status_interval: float = 1.0
+    model_lookahead: int | None = None   # --order model: bytes requested ahead (16 pieces)
+    handle_signals: bool = True          # SIGINT/SIGTERM -> save resume data, Interrupted
+
+    @property
+    def net(self) -> NetOptions:
+        return NetOptions(self.listen, self.dht, self.lsd, self.upnp, self.utp,
+                          self.max_download_rate, self.max_upload_rate)
+
+    def validate(self) -> None:
+        if self.order not in ORDERS:
+            raise UsageError(f"bad --order {self.order!r}; choose one of {', '.join(ORDERS)}")
+        if self.timeout is not None and self.timeout <= 0:
+            raise UsageError("--timeout must be positive")
+
+
+@dataclass
+class DownloadResult:
+    """A finished, hash-verified download."""
+
+    infohash: str
+    name: str
+    dest: Path
+    content: Path                 # DIR/<torrent name>
+    torrent_path: Path            # the saved DIR/.grokfetch/<infohash>.torrent
+    files: int                    # files selected
+    bytes: int                    # bytes of the selected files
+    wanted_pieces: int
+    num_pieces: int
+    downloaded: int               # payload bytes fetched in this run
+    hash_failures: int
+    banned_peers: list[str]
+    checked: bool                 # files were hash-checked at start (no trusted resume data)
+    elapsed: float
+
+    def to_json(self) -> dict:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        for k in ("dest", "content", "torrent_path"):
+            d[k] = str(d[k])
+        d["elapsed"] = round(self.elapsed, 3)
+        return d
+
+
+class _Stop:
+    """SIGINT/SIGTERM -> a flag the loop polls (only installable from the main thread)."""
+
+    def __init__(self, enabled: bool):
+        self.signum: int | None = None
+        self.saved: dict[int, object] = {}
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+
+    def __enter__(self) -> _Stop:
+        if self.enabled:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.saved[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def _handler(self, signum, frame) -> None:  # noqa: ARG002
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self.saved.items():
+            signal.signal(sig, old)
+
+
+def human_bytes(n: float) -> str:
+    """``4.35 MB``-style sizes (powers of 1000)."""
+    for unit, div in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def _file_paths(ti) -> list[str]:
+    fs = ti.layout()
+    return [fs.file_path(i).replace("\\", "/") for i in range(fs.num_files())]
+
+
+def _check_paths(dest: Path, paths: list[str]) -> None:
+    for p in paths:
+        safe_join(dest, p)
+
+
+def _check_table(table: TensorTable, paths: list[str]) -> None:
+    """The torrent's tensor files must be exactly the table's, or --layers would pick wrong."""
+    names = {p.rsplit("/", 1)[-1] for p in paths}
+    tensors = {n for n in names if n.startswith("tensor") and n.endswith("_000")}
+    expected = {s.file for s in table}
+    if tensors != expected:
+        raise UsageError(f"the torrent holds {len(tensors)} tensor files but preset "
+                         f"{table.config.name!r} has {len(expected)}",
+                         hint="pass the matching --preset (grok-1, mini, tiny)")
+
+
+def _pieces_of(ti, files: list[int]) -> list[int]:
+    """Indices of the pieces that hold any byte of ``files``."""
+    fs = ti.layout()
+    out: set[int] = set()
+    for i in files:
+        size = fs.file_size(i)
+        if size:
+            first = ti.map_file(i, 0, 1).piece
+            last = ti.map_file(i, size - 1, 1).piece
+            out.update(range(first, last + 1))
+    return sorted(out)
+
+
+def _piece_range(ti, i: int) -> tuple[int, int]:
+    size = ti.layout().file_size(i)
+    if not size:
+        return (0, -1)
+    return ti.map_file(i, 0, 1).piece, ti.map_file(i, size - 1, 1).piece
+
+
+def _on_disk(path: Path, size: int) -> int:
+    try:
+        st = path.stat()
+    except OSError:
+        return 0
+    return min(size, st.st_blocks * 512, st.st_size)
+
+
+class _Job:
+    """One run of one torrent in one libtorrent session."""
+
+    def __init__(self, src: Source, dest: Path, opts: DownloadOptions, progress: Progress):
+        self.src, self.dest, self.opts, self.progress = src, dest, opts, progress
+        self.state = StateFiles(dest, src.infohash)
+        self.hash_failures = 0
+        self.banned: list[str] = []
+        self.file_error: str | None = None
+        self.sel: selection.Selection | None = None
+        self.done_files: list[bool] = []
+        self.checked = False
+        self.resume_pending = 0
+        self.resume_error: str | None = None
+        self.start = time.monotonic()
+
+    # --- setup ------------------------------------------------------------------------------
+
+    def table(self, ti) -> TensorTable | None:
+        o = self.opts
+        if o.layers is None and o.order != "model":
+            return None
+        root = self.dest / ti.name()
+        cfg = load_config(root if root.is_dir() else None, o.preset or self.src.model_preset)
+        return TensorTable(cfg)
+
+    def plan(self, ti) -> list[int]:
+        """Selection + preflight for known metadata; returns the file priorities."""
+        paths = _file_paths(ti)
+        _check_paths(self.dest, paths)
+        table = self.table(ti)
+        if table is not None:
+            _check_table(table, paths)
+        layers = parse_layers(self.opts.layers, table.config.num_layers) if table else None
+        self.sel = selection.select(paths, table, include=self.opts.include,
+                                    exclude=self.opts.exclude, layers=layers)
+        if self.sel.count == 0:
+            raise UsageError("the --include/--exclude/--layers filters select no file of the torrent")
+        fs = ti.layout()
+        remaining = sum(fs.file_size(i) - _on_disk(self.dest / paths[i], fs.file_size(i))
+                        for i in range(len(paths)) if self.sel.wanted[i])
+        free = free_bytes(self.dest)
+        if remaining > free and not self.opts.force:
+            exc = InsufficientSpaceError(self.dest, remaining, free)
+            exc.args = (f"not enough free space in {self.dest}: the selected files need "
+                        f"{human_bytes(remaining)} more ({remaining:,} bytes), only "
+                        f"{human_bytes(free)} ({free:,} bytes) are free",)
+            raise exc
+        self.done_files = [False] * len(paths)
+        self.sizes = [fs.file_size(i) for i in range(len(paths))]
+        self.wanted_pieces = _pieces_of(ti, [i for i, w in enumerate(self.sel.wanted) if w])
+        self.ranges = [_piece_range(ti, i) for i in range(len(paths))]
+        return selection.base_priorities(self.sel)
+
+    def model_priorities(self, ti) -> list[int]:
+        """Model-order *piece* priorities: steps of about 4 pieces, a lookahead of 16."""
+        wanted = [i for i, w in enumerate(self.sel.wanted) if w]
+        avg = sum(self.sizes[i] for i in wanted) / max(1, len(wanted))
+        window = max(1, int(4 * ti.piece_length() // max(1, avg)))
+        lookahead = self.opts.model_lookahead or 16 * ti.piece_length()
+        prios = selection.model_order_priorities(self.sel, self.done_files, self.sizes, window,
+                                                 lookahead)
+        return selection.piece_priorities(prios, self.ranges, ti.num_pieces())
+
+    def reorder(self, h, ti, force: bool = False) -> None:
+        """Re-apply model-order priorities when the set of finished files changed."""
+        import libtorrent as lt
+
+        fp = h.file_progress(flags=lt.file_progress_flags_t.piece_granularity)
+        done = [fp[i] >= self.sizes[i] for i in range(len(self.sizes))]
+        if done != self.done_files or force:
+            self.done_files = done
+            h.prioritize_pieces(self.model_priorities(ti))
+
+    def save_torrent(self, ti) -> None:
+        if not self.state.torrent.is_file():
+            write_atomic(self.state.torrent, torrent_bytes(ti))
+
+    def build_atp(self, lt, unclean: bool):
+        atp = self.src.atp
+        trusted = not (self.opts.recheck or unclean or self.state.needs_recheck())
+        resumed = self.state.read_resume() if trusted else None
+        if resumed is not None:
+            if resumed.ti is None:
+                resumed.ti = atp.ti
+            resumed.trackers = list(atp.trackers)
+            atp = resumed
+        self.checked = resumed is None
+        if atp.ti is not None:
+            atp.file_priorities = self.plan(atp.ti)
+            self.save_torrent(atp.ti)
+        else:
+            atp.flags |= lt.torrent_flags.default_dont_download
+        if not self.opts.trackers:
+            atp.trackers = []
+        atp.url_seeds = list(self.opts.webseeds)
+        atp.save_path = str(self.dest)
+        atp.storage_mode = lt.storage_mode_t.storage_mode_sparse
+        clear_flags(atp)
+        atp.flags &= ~(lt.torrent_flags.upload_mode | lt.torrent_flags.seed_mode
+                       | lt.torrent_flags.stop_when_ready)
+        if self.opts.order == "sequential":
+            atp.flags |= lt.torrent_flags.sequential_download
+        else:
+            atp.flags &= ~lt.torrent_flags.sequential_download
+        return atp
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> DownloadResult:
+        import libtorrent as lt
+
+        opts = self.opts
+        peers = [resolve_peer(p) for p in opts.peers]
+        self.state.prepare()
+        unclean = self.state.mark_running()
+        extra = {"allow_multiple_connections_per_ip": True} if peers else {}
+        if opts.order == "model":
+            extra["initial_picker_threshold"] = 0   # no random first pieces
+        ses = make_session(opts.net, **extra)
+        try:
+            self.start_session(lt, ses, peers, unclean)
+            with _Stop(opts.handle_signals) as stop:
+                result = self.loop(lt, ses, self.h, peers, stop)
+            self.state.clear_recheck()
+            self.state.clear_running()
+            return result
+        except (UsageError, InsufficientSpaceError):
+            self.state.clear_running()   # refused before fetching: nothing unclean to recover
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                ses.pause()
+            del ses
+
+    def start_session(self, lt, ses, peers, unclean: bool) -> None:
+        listen_port(ses)
+        atp = self.build_atp(lt, unclean)
+        self.h, self.ses = ses.add_torrent(atp), ses
+        if self.opts.order == "model" and atp.ti is not None:
+            self.reorder(self.h, atp.ti, force=True)
+        for p in peers:
+            self.h.connect_peer(p)
+
+    def loop(self, lt, ses, h, peers, stop: _Stop) -> DownloadResult:
+        opts, progress = self.opts, self.progress
+        last_status = last_resume = last_dial = time.monotonic()
+        last_done, last_progress_t = -1, time.monotonic()
+        started_task = False
+        if not h.status().has_metadata:
+            progress.task("download", None, "fetching metadata")
+        while True:
+            ses.wait_for_alert(200)
+            for a in ses.pop_alerts():
+                self.on_alert(lt, h, a)
+            if self.file_error is not None:
+                self.stop_with_resume(lt, h)
+                self.state.set_recheck()
+                disk = "No space left" in self.file_error or "Disk quota" in self.file_error
+                raise DownloadFailed(
+                    f"{'disk full' if disk else 'file error'}: {self.file_error}; stopped and "
+                    f"{self.saved_note()}", reason="disk" if disk else "file",
+                    hint="free some space and run the same command again; the files will be "
+                         "re-checked first" if disk else "fix the problem and rerun; the "
+                         "files will be re-checked first")
+            if stop.signum is not None:
+                self.stop_with_resume(lt, h)
+                where = (f"resume data saved to {self.state.resume}" if self.resume_error is None
+                         else self.saved_note())
+                raise Interrupted(f"interrupted; {where}",
+                                  hint="run the same command again to continue")
+            st = h.status()
+            now = time.monotonic()
+            if st.has_metadata and self.sel is None:
+                self.on_metadata(h)   # the alert was not seen (yet)
+            if st.has_metadata and not started_task:
+                progress.task("download", self.total(st), f"downloading {st.name}")
+                started_task = True
+            checking = st.state in (lt.torrent_status.checking_files,
+                                    lt.torrent_status.checking_resume_data,
+                                    lt.torrent_status.queued_for_checking)
+            if checking:
+                self.checked = self.checked or st.state == lt.torrent_status.checking_files
+            if st.total_done != last_done or checking:
+                last_done, last_progress_t = st.total_done, now
+            if started_task:
+                progress.update("download", completed=st.total_wanted_done, total=self.total(st))
+            if not checking and st.has_metadata and self.complete(h, st):
+                return self.finish(lt, h, st)
+            if now - last_status >= opts.status_interval:
+                last_status = now
+                if opts.order == "model" and st.has_metadata and not checking:
+                    self.reorder(h, h.torrent_file())   # in case a file_completed alert was lost
+                self.status_event(lt, h, st)
+            if peers and st.num_peers == 0 and now - last_dial >= 5:
+                last_dial = now
+                for p in peers:
+                    h.connect_peer(p)
+            if now - last_resume >= opts.resume_interval and st.has_metadata:
+                last_resume = now
+                if h.need_save_resume_data():
+                    h.save_resume_data(lt.save_resume_flags_t.flush_disk_cache
+                                       | lt.save_resume_flags_t.save_info_dict)
+            if opts.timeout is not None and now - last_progress_t > opts.timeout:
+                self.stop_with_resume(lt, h)
+                what = ("metadata (no peer sent it)" if not st.has_metadata
+                        else f"data at {st.progress * 100:.1f} %")
+                raise DownloadFailed(
+                    f"stalled: no progress on {what} for {opts.timeout:g} s "
+                    f"({st.num_peers} peers, {st.num_seeds} seeds)", reason="stalled",
+                    hint="check --peer addresses / network; rerun to continue (resume data saved)")
+
+    def total(self, st) -> int:
+        """Bytes wanted; in model order libtorrent's total_wanted only covers the lookahead."""
+        if self.opts.order == "model" and self.sel is not None:
+            return sum(n for n, w in zip(self.sizes, self.sel.wanted, strict=True) if w)
+        return st.total_wanted
+
+    def complete(self, h, st) -> bool:
+        """Every wanted piece (priority > 0) is marked have; libtorrent set that bit only after
+        the piece's SHA-1 matched (on arrival, or during the file check)."""
+        if st.total_wanted == 0 or st.total_wanted_done < st.total_wanted:
+            if self.opts.order != "model":   # model order defers files: wanted < selected
+                return False
+        pieces = st.pieces
+        return all(pieces[i] for i in self.wanted_pieces)
+
+    def on_alert(self, lt, h, a) -> None:
+        if isinstance(a, lt.metadata_received_alert):
+            if self.sel is None:
+                self.on_metadata(h)
+        elif isinstance(a, lt.hash_failed_alert):
+            self.hash_failures += 1
+            self.progress.event("warning", message=f"piece {a.piece_index} failed its hash check; "
+                                                   "fetching it again")
+        elif isinstance(a, lt.peer_ban_alert):
+            ep = f"{a.ip[0]}:{a.ip[1]}" if isinstance(a.ip, tuple) else str(a.ip)
+            if ep not in self.banned:
+                self.banned.append(ep)
+                self.progress.event("warning", message=f"banned peer {ep} (sent bad data)")
+        elif isinstance(a, lt.file_error_alert):
+            if self.file_error is None:
+                self.file_error = f"{a.error.message()} ({a.filename()})"
+        elif isinstance(a, lt.torrent_error_alert):
+            if self.file_error is None:
+                self.file_error = a.message()
+        elif isinstance(a, lt.file_completed_alert):
+            idx = int(a.index)
+            if self.sel is not None and idx < len(self.done_files) and self.sel.wanted[idx]:
+                ti = h.torrent_file()
+                self.progress.event("file_done", index=idx, file=ti.layout().file_path(idx))
+                if self.opts.order == "model":
+                    self.reorder(h, ti)
+        elif isinstance(a, lt.save_resume_data_alert):
+            try:
+                self.state.write_resume(a.params)
+                self.resume_error = None
+            except OSError as exc:   # e.g. the disk is full; the next run re-checks the files
+                self.resume_error = exc.strerror or str(exc)
+            self.resume_pending = max(0, self.resume_pending - 1)
+        elif isinstance(a, lt.save_resume_data_failed_alert):
+            self.resume_pending = max(0, self.resume_pending - 1)
+        elif isinstance(a, lt.listen_failed_alert):
+            raise UsageError(f"cannot listen on {a.address}:{a.port}: {a.error.message()}")
+
+    def on_metadata(self, h) -> None:
+        """A magnet's metadata arrived: save it, select files, check space, start fetching."""
+        ti = h.torrent_file()
+        if infohash_of(ti) != self.src.infohash:
+            raise DownloadFailed("peer sent metadata for another torrent", reason="metadata")
+        self.save_torrent(ti)
+        h.prioritize_files(self.plan(ti))
+        if self.opts.order == "model":
+            self.reorder(h, ti, force=True)
+        self.progress.event("status", text=f"metadata received: {ti.num_files()} files, "
+                                           f"{ti.total_size():,} bytes", state="metadata")
+
+    def stop_with_resume(self, lt, h, timeout: float = 20.0) -> None:
+        """Pause, write resume data atomically, and wait for it (best effort on timeout)."""
+        with contextlib.suppress(RuntimeError):
+            h.pause()
+        if not h.status().has_metadata:
+            self.state.clear_running()
+            return
+        self.resume_pending = 1
+        h.save_resume_data(lt.save_resume_flags_t.flush_disk_cache
+                           | lt.save_resume_flags_t.save_info_dict)
+        deadline = time.monotonic() + timeout
+        while self.resume_pending and time.monotonic() < deadline:
+            self.ses.wait_for_alert(100)
+            for a in self.ses.pop_alerts():
+                if not isinstance(a, lt.listen_failed_alert):
+                    self.on_alert(lt, h, a)
+        if not self.resume_pending and self.resume_error is None:
+            self.state.clear_running()
+
+    def saved_note(self) -> str:
+        if self.resume_error is None:
+            return "saved resume data"
+        return f"could not save resume data ({self.resume_error}); the next run re-checks the files"
+
+
+    def status_event(self, lt, h, st) -> None:
+        names = {v: k for k, v in lt.torrent_status.states.names.items()}
+        rate = st.download_payload_rate
+        total = self.total(st)
+        left = max(0, total - st.total_wanted_done)
+        eta = round(left / rate) if rate > 0 else None
+        in_flight: list[str] = []
+        if st.has_metadata and self.sel is not None and st.state == lt.torrent_status.downloading:
+            fs = h.torrent_file().layout()
+            fp = h.file_progress(flags=lt.file_progress_flags_t.piece_granularity)
+            in_flight = [fs.file_name(i) for i, done in enumerate(fp)
+                         if self.sel.wanted[i] and 0 < done < fs.file_size(i)][:8]
+        state = "downloading_metadata" if not st.has_metadata else names.get(st.state, str(st.state))
+        pct = 100.0 * st.total_wanted_done / total if total else 0.0
+        text = (f"{state} {pct:.1f}% peers {st.num_peers} seeds {st.num_seeds}"
+                + (f" | {', '.join(in_flight[:3])}" if in_flight else ""))
+        if not st.has_metadata and st.num_peers == 0:
+            text = "waiting for metadata (no peers yet)"
+        self.progress.event("status", state=state, done=st.total_wanted_done,
+                            total=total, rate=rate, upload_rate=st.upload_payload_rate,
+                            eta=eta, peers=st.num_peers, seeds=st.num_seeds,
+                            hash_failures=self.hash_failures, files_in_flight=in_flight, text=text)
+
+    def finish(self, lt, h, st) -> DownloadResult:
+        self.progress.done("download")
+        self.stop_with_resume(lt, h)
+        ti = h.torrent_file()
+        fs = ti.layout()
+        wanted = [i for i, w in enumerate(self.sel.wanted) if w]
+        return DownloadResult(
+            infohash=self.src.infohash, name=ti.name(), dest=self.dest,
+            content=self.dest / ti.name(), torrent_path=self.state.torrent, files=len(wanted),
+            bytes=sum(fs.file_size(i) for i in wanted),
+            wanted_pieces=len(self.wanted_pieces), num_pieces=ti.num_pieces(),
+            downloaded=st.total_payload_download, hash_failures=self.hash_failures,
+            banned_peers=list(self.banned), checked=self.checked,
+            elapsed=time.monotonic() - self.start)
+
+
+def download(source: str | Path | None, dest: str | Path, options: DownloadOptions | None = None,
+             progress: Progress = NULL_PROGRESS) -> DownloadResult:
+    """Download SOURCE (magnet URI, .torrent path, preset name; None = ``grok-1``) into ``dest``.
+
+    Returns only when every wanted piece hash-verifies. Resume data and the torrent's metadata
+    live in ``dest/.grokfetch/``; a rerun continues where the last one stopped.
+    """
+    opts = options or DownloadOptions()
+    opts.validate()
+    dest = Path(dest).absolute()
+    if dest.exists() and not dest.is_dir():
+        raise UsageError(f"cannot write to download folder {dest}: not a directory")
+    if opts.layers is not None:  # syntax only, before any network; ranges checked with the table
+        parse_layers(opts.layers, 10**6)
+    src = resolve(source, dest)
+    return _Job(src, dest, opts, progress).run()

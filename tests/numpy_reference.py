@@ -1,0 +1,102 @@
+"""An independent float64 numpy forward pass of Grok-1, written from docs/grok1-format.md §2-§3.
+
+It shares nothing with ``grokfetch.smoke``: no cache, no sharding, every head and expert in a
+plain loop, the whole sequence at once. File indices come from the format doc's own formula
+(``base(L) = 2 + 12 · rank(str(L))`` with the 12 slots in sorted Haiku-key order), not from the
+tensor table, so a layer-mapping bug in the table or the loader cannot hide here. Only the file
+decoding (``TensorFile.dequantize``: the bit-exact bf16(int8 × scale)) is shared.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from grokfetch.checkpoint.reader import open_checkpoint
+
+# Per-layer slot offsets: sorted Haiku keys (grok1-format.md §2.3).
+OFFSETS = {"gate": 0, "down": 1, "up": 2, "k": 3, "o": 4, "q": 5, "v": 6,
+           "n0": 7, "n1": 8, "n2": 9, "n3": 10, "router": 11}
+
+
+def file_index(layer: int, slot: str, num_layers: int) -> int:
+    rank = sorted(str(k) for k in range(num_layers)).index(str(layer))
+    return 2 + 12 * rank + OFFSETS[slot]
+
+
+def load(path, layers: int | None = None) -> tuple[dict, object]:
+    """float64 parameters of the first ``layers`` layers, read by the doc's file indices."""
+    ck = open_checkpoint(path)
+    cfg = ck.config
+    n = cfg.num_layers if layers is None else layers
+
+    def read(index: int) -> np.ndarray:
+        with ck.open(ck.table[index]) as tf:
+            return tf.dequantize(dtype=np.float32).astype(np.float64)
+
+    params = {"embed": read(0), "final_norm": read(1), "layers": []}
+    for layer in range(n):
+        params["layers"].append({slot: read(file_index(layer, slot, cfg.num_layers))
+                                 for slot in OFFSETS})
+    return params, cfg
+
+
+def rms(x, scale, eps):
+    return scale * x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)
+
+
+def gelu_tanh(x):
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+def softmax(x):
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def rotary(x, positions, base):
+    """NeoX rotate-half over the full head dim; x is (T, d)."""
+    d = x.shape[-1]
+    inv = 1.0 / base ** (np.arange(0, d, 2) / d)
+    ang = positions[:, None] * inv[None, :]
+    cos, sin = np.cos(np.concatenate([ang, ang], -1)), np.sin(np.concatenate([ang, ang], -1))
+    x1, x2 = x[:, : d // 2], x[:, d // 2:]
+    return x * cos + np.concatenate([-x2, x1], -1) * sin
+
+
+def forward(params: dict, cfg, tokens: list[int]) -> np.ndarray:
+    """Logits ``[T, vocab]`` (float64) for the whole token sequence."""
+    tokens = np.asarray(tokens)
+    t = len(tokens)
+    d, hq, hkv = cfg.key_size, cfg.num_q_heads, cfg.num_kv_heads
+    group = hq // hkv
+    eps = cfg.rms_norm_eps
+    pos = np.arange(t, dtype=np.float64)
+    allowed = np.tril(np.ones((t, t), bool)) & (tokens != cfg.pad_token_id)[None, :]
+    h = params["embed"][tokens] * cfg.embedding_multiplier_scale
+    for p in params["layers"]:
+        a = rms(h, p["n0"], eps)
+        q, k, v = a @ p["q"], a @ p["k"], a @ p["v"]
+        heads = []
+        for i in range(hq):
+            j = i // group  # query head i reads kv head i // group
+            qi = rotary(q[:, i * d:(i + 1) * d], pos, cfg.rope_base)
+            kj = rotary(k[:, j * d:(j + 1) * d], pos, cfg.rope_base)
+            s = (qi @ kj.T) * cfg.attn_output_multiplier
+            s = cfg.attn_logit_softcap * np.tanh(s / cfg.attn_logit_softcap)
+            s = np.where(allowed, s, -1e30)
+            heads.append(softmax(s) @ v[:, j * d:(j + 1) * d])
+        h = h + rms(np.concatenate(heads, -1) @ p["o"], p["n1"], eps)
+        m = rms(h, p["n2"], eps)
+        probs = softmax(m @ p["router"])
+        moe = np.zeros_like(m)
+        for row in range(t):
+            top = np.argsort(-probs[row], kind="stable")[: cfg.num_selected_experts]
+            for e in top:  # gates are the raw softmax probabilities (no renormalisation)
+                x = m[row]
+                y = (gelu_tanh(x @ p["gate"][e]) * (x @ p["up"][e])) @ p["down"][e]
+                moe[row] += probs[row, e] * y
+        h = h + rms(moe, p["n3"], eps)
+    z = rms(h, params["final_norm"], eps)
+    return (z @ params["embed"].T) * cfg.output_multiplier_scale

@@ -1,0 +1,351 @@
+"""The shared convert machinery: sources, sinks, resume state, the driver's refusals, --wait."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+import time
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from convert.base import (
+    ConvertOptions,
+    OutputFile,
+    OutputItem,
+    Target,
+    get_target,
+    parse_experts,
+    subset_config,
+)
+from convert.output import STATE_FILENAME, ConvertState, FileSink, ordered_map
+from convert.run import convert
+from convert.source import SourceProvider, SourceTensor, blocked_transpose
+from grokfetch.checkpoint.reader import open_checkpoint
+from grokfetch.errors import CheckpointError, InsufficientSpaceError, OutputExistsError, UsageError
+from grokfetch.spec import PRESETS
+
+BF16 = np.dtype(ml_dtypes.bfloat16)
+
+
+def _bits(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a).view(np.uint16 if a.dtype == BF16 else np.uint32)
+
+
+# --- sources ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("slot", ["moe_down", "moe_gate", "attn_o", "attn_q", "router", "embed",
+                                  "norm_attn_in"])
+def test_source_rows_match_reader_both_orientations(tiny_ckpt, slot):
+    ck = open_checkpoint(tiny_ckpt)
+    spec = ck.table.get(slot, None if slot == "embed" else 3)
+    with ck.open(spec) as tf:
+        ref = tf.dequantize()  # bf16 for int8 tensors, float32 otherwise
+        ref = np.array(ref)
+    with SourceTensor(spec, ck.file_path(spec)) as src:
+        for e in (range(spec.shape[0]) if spec.per_expert else [None]):
+            m = ref[e] if e is not None else ref
+            if m.ndim == 1:
+                assert (_bits(src.rows(0, m.shape[0])) == _bits(m)).all()
+                continue
+            # JAX orientation, in two uneven chunks
+            got = np.concatenate([src.rows(0, 5, e), src.rows(5, m.shape[0], e)])
+            assert got.dtype == m.dtype and (_bits(got) == _bits(m)).all()
+            # transposed (out, in), in chunks of 7 output rows
+            n_out = m.shape[1]
+            got_t = np.concatenate([src.rows(r, min(r + 7, n_out), e, transposed=True)
+                                    for r in range(0, n_out, 7)])
+            assert (_bits(got_t) == _bits(np.ascontiguousarray(m.T))).all()
+            src.release(e)
+
+
+def test_source_expert_subset_and_router_slice(tiny_ckpt):
+    ck = open_checkpoint(tiny_ckpt)
+    gate, router = ck.table.get("moe_gate", 2), ck.table.get("router", 2)
+    with ck.open(gate) as tf:
+        ref = np.array(tf.dequantize())
+    with ck.open(router) as tf:
+        rref = np.array(tf.weight)
+    with SourceTensor(gate, ck.file_path(gate), experts=[1, 3]) as src:
+        assert src.shape == (2,) + gate.shape[1:]
+        assert (_bits(src.rows(0, 4, expert=1)) == _bits(ref[3, 0:4])).all()
+    with SourceTensor(router, ck.file_path(router), experts=[1, 3]) as src:
+        assert src.shape == (router.shape[0], 2)
+        assert np.array_equal(src.rows(0, 2, transposed=True), rref[:, [1, 3]].T)
+
+
+def test_blocked_transpose_matches_numpy():
+    a = np.arange(1000 * 37, dtype=np.int8).reshape(1000, 37)
+    assert np.array_equal(blocked_transpose(a, block=64), a.T)
+
+
+# --- small helpers ------------------------------------------------------------------------------
+
+
+def test_ordered_map_keeps_order_and_bounds_inflight():
+    live, peak = [0], [0]
+    lock = threading.Lock()
+
+    def fn(x):
+        with lock:
+            live[0] += 1
+            peak[0] = max(peak[0], live[0])
+        time.sleep(0.002 * (x % 3))
+        with lock:
+            live[0] -= 1
+        return x * x
+
+    assert list(ordered_map(fn, range(40), workers=3)) == [x * x for x in range(40)]
+    assert peak[0] <= 3
+    assert list(ordered_map(fn, range(5), workers=1)) == [0, 1, 4, 9, 16]
+
+
+def test_subset_config_and_expert_parsing():
+    cfg = PRESETS["mini"]
+    sub = subset_config(cfg, (0, 5), (2,))
+    assert (sub.num_layers, sub.num_experts, sub.num_selected_experts) == (2, 1, 1)
+    assert parse_experts("0-2,5", 8) == (0, 1, 2, 5)
+    assert parse_experts("all", 8) is None
+    with pytest.raises(UsageError, match="expert"):
+        parse_experts("9", 8)
+
+
+def test_unknown_target_lists_choices():
+    with pytest.raises(UsageError, match="gguf"):
+        get_target("onnx")
+
+
+# --- sinks and resume ---------------------------------------------------------------------------
+
+
+def test_file_sink_resume_truncates_to_last_durable_commit(tmp_path):
+    state = ConvertState(tmp_path, {"x": 1})
+    sink = FileSink(tmp_path, "a.bin", state)
+    sink.begin(b"HEAD")
+    sink.write(b"one")
+    sink.commit("one", durable=True)
+    sink.write(b"two")
+    sink.commit("two")  # not durable yet: lost in a crash
+    sink.write(b"garbage")  # an item half-written when the process died
+    sink.close()  # crash: no finish()
+    assert (tmp_path / "a.bin.partial").read_bytes() == b"HEADonetwogarbage"
+
+    again = ConvertState.load(tmp_path)
+    assert again is not None and again.fingerprint == {"x": 1}
+    sink = FileSink(tmp_path, "a.bin", again)
+    assert sink.resumed and sink.done("one") and not sink.done("two")
+    sink.begin(b"HEAD")
+    assert sink.tell() == len(b"HEADone")
+    sink.write(b"two")
+    sink.commit("two")
+    sink.finish()
+    assert (tmp_path / "a.bin").read_bytes() == b"HEADonetwo"
+    assert not (tmp_path / "a.bin.partial").exists()
+    assert ConvertState.load(tmp_path).is_complete("a.bin")
+
+
+def test_file_sink_restarts_when_header_differs(tmp_path):
+    state = ConvertState(tmp_path, {})
+    sink = FileSink(tmp_path, "b.bin", state)
+    sink.begin(b"OLDHEAD")
+    sink.write(b"x")
+    sink.commit("x", durable=True)
+    sink.close()
+    sink = FileSink(tmp_path, "b.bin", ConvertState.load(tmp_path))
+    sink.begin(b"NEWHEAD")
+    assert not sink.done("x")
+    sink.finish()
+    assert (tmp_path / "b.bin").read_bytes() == b"NEWHEAD"
+
+
+# --- a minimal target through the real driver ---------------------------------------------------
+
+
+class _NormsTarget(Target, name="test-norms"):
+    """Writes the raw float32 norm scales of the selected layers, one file per layer."""
+
+    option_fields = ("name",)
+
+    def plan(self):
+        files = []
+        for spec in self.specs:
+            if spec.slot.key == "norm_attn_in":
+                files.append(OutputFile(f"norm-{spec.layer}.bin",
+                                        [OutputItem(spec.path, (spec,), spec.payload_bytes,
+                                                    spec.payload_bytes)],
+                                        spec.payload_bytes))
+        return files
+
+    def write_file(self, ofile, sink, source, progress):
+        sink.begin(b"")
+        for item in ofile.items:
+            if sink.done(item.key):
+                continue
+            with source.open(item.specs[0]) as src:
+                sink.write(src.rows(0, item.specs[0].shape[0]))
+                progress.advance(item.key, item.in_bytes)
+            sink.commit(item.key)
+
+
+def test_driver_writes_config_tokenizer_manifest_last(tiny_ckpt, tmp_path):
+    out = tmp_path / "out"
+    rep = convert(tiny_ckpt, out, ConvertOptions(target="test-norms", layers="2,7"))
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(["norm-2.bin", "norm-7.bin", "model-config.json", "tokenizer.model",
+                            "grokfetch-manifest.json"])
+    ck = open_checkpoint(tiny_ckpt)
+    with ck.open(ck.table.get("norm_attn_in", 7)) as tf:
+        assert (out / "norm-7.bin").read_bytes() == tf.weight.tobytes()
+    cfg = json.loads((out / "model-config.json").read_text())["config"]
+    assert cfg["num_layers"] == 2 and cfg["name"] == "tiny"
+    assert (out / "tokenizer.model").read_bytes() == (tiny_ckpt / "tokenizer.model").read_bytes()
+    man = json.loads((out / "grokfetch-manifest.json").read_text())
+    assert sorted(e["path"] for e in man["files"]) == sorted(n for n in names
+                                                             if n != "grokfetch-manifest.json")
+    assert rep.bytes_in == 2 * 4 * PRESETS["tiny"].emb_size and rep.layers == [2, 7]
+    # a rerun refuses the finished output; --force redoes it
+    with pytest.raises(OutputExistsError):
+        convert(tiny_ckpt, out, ConvertOptions(target="test-norms", layers="2,7"))
+    (out / "norm-2.bin").write_bytes(b"tampered")
+    convert(tiny_ckpt, out, ConvertOptions(target="test-norms", layers="2,7", force=True))
+    assert (out / "norm-2.bin").stat().st_size == 4 * PRESETS["tiny"].emb_size
+
+
+def test_driver_refuses_other_unfinished_conversion(tiny_ckpt, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    ConvertState(out, {"something": "else"}).save()
+    with pytest.raises(OutputExistsError) as ei:
+        convert(tiny_ckpt, out, ConvertOptions(target="test-norms"))
+    assert "resume" in (ei.value.hint or "")
+    assert (out / STATE_FILENAME).exists()
+
+
+def test_driver_refuses_bad_input_before_writing(tiny_ckpt, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_ckpt, bad)
+    victim = bad / "ckpt-0" / "tensor00005_000"
+    victim.write_bytes(victim.read_bytes()[:-10])
+    out = tmp_path / "out"
+    with pytest.raises(CheckpointError, match="tensor00005_000"):
+        convert(bad, out, ConvertOptions(target="gguf", bits=16))
+    assert not out.exists()
+    with pytest.raises(UsageError, match="layers"):
+        convert(tiny_ckpt, out, ConvertOptions(target="test-norms", layers="11-12"))
+    assert not out.exists()
+
+
+def test_no_space_refused_on_small_tmpfs(tiny_ckpt, tmp_path):
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+                       capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+    try:
+        with pytest.raises(InsufficientSpaceError):
+            convert(tiny_ckpt, mnt / "out", ConvertOptions(target="gguf", bits=16))
+        assert list(mnt.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+# --- --wait -------------------------------------------------------------------------------------
+
+
+def test_wait_converts_files_as_they_arrive(tiny_ckpt, tmp_path):
+    ck = open_checkpoint(tiny_ckpt)
+    dl = tmp_path / "dl"
+    (dl / "ckpt-0").mkdir(parents=True)
+    for name in ("tokenizer.model", "model-config.json"):
+        shutil.copy(tiny_ckpt / name, dl / name)
+    files = [s.file for s in ck.table.model_order()]
+    for f in files[:3]:
+        shutil.copy(tiny_ckpt / "ckpt-0" / f, dl / "ckpt-0" / f)
+
+    def arrive():
+        time.sleep(0.3)
+        for f in files[3:]:
+            data = (tiny_ckpt / "ckpt-0" / f).read_bytes()
+            part = dl / "ckpt-0" / f
+            part.write_bytes(data[: len(data) // 2])  # a half-downloaded file first
+            part.write_bytes(data)
+
+    t = threading.Thread(target=arrive)
+    t.start()
+    rep = convert(dl, tmp_path / "out", ConvertOptions(target="gguf", bits=16, wait=True,
+                                                       wait_timeout=30))
+    t.join()
+    ref = convert(tiny_ckpt, tmp_path / "ref", ConvertOptions(target="gguf", bits=16))
+    a = (tmp_path / "out" / rep.files[0]["path"]).read_bytes()
+    assert a == (tmp_path / "ref" / ref.files[0]["path"]).read_bytes()
+    assert sum(rep.checked_by.values()) == len(files)
+
+
+def test_wait_times_out_with_clear_error(tiny_ckpt, tmp_path):
+    dl = tmp_path / "dl"
+    shutil.copytree(tiny_ckpt, dl)
+    (dl / "ckpt-0" / "tensor00009_000").unlink()
+    from convert.source import WaitTimeout
+
+    ck = open_checkpoint(dl)
+    prov = SourceProvider(ck, wait=True, wait_timeout=0.3, poll=0.05)
+    with pytest.raises(WaitTimeout, match="tensor00009_000"):
+        prov.open(ck.table[9])
+
+
+def test_wait_hash_checks_pieces_when_the_torrent_is_saved(tiny_ckpt, tmp_path):
+    from convert.source import WaitTimeout
+    from grokfetch.torrent.create import create_torrent
+
+    dl = tmp_path / "dl"
+    content = dl / "grok-tiny"
+    shutil.copytree(tiny_ckpt, content)
+    (dl / ".grokfetch").mkdir()
+    create_torrent(content, dl / ".grokfetch" / "t.torrent", piece_size=16384)
+    rep = convert(content, tmp_path / "out", ConvertOptions(target="gguf", bits=8, wait=True,
+                                                            wait_timeout=5, layers="0"))
+    assert rep.checked_by == {"pieces": 2 + 12}
+    # same size, good header, one flipped payload byte: never accepted
+    ck = open_checkpoint(content)
+    spec = ck.table.get("attn_q", 0)
+    path = ck.file_path(spec)
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert ck.status(spec).status == "ok"
+    prov = SourceProvider(ck, wait=True, wait_timeout=0.5, poll=0.1)
+    with pytest.raises(WaitTimeout, match="piece hashes"):
+        prov.open(spec)
+
+
+def test_dir_sink_resumes_and_renames(tmp_path):
+    from convert.output import DirSink
+
+    state = ConvertState(tmp_path, {})
+    sink = DirSink(tmp_path, "arr", state)
+    (sink.path / "a").write_bytes(b"1")
+    sink.commit("a", 1)
+    sink.close()  # crash before finish
+    sink = DirSink(tmp_path, "arr", ConvertState.load(tmp_path))
+    assert sink.resumed and sink.done("a") and not sink.done("b")
+    (sink.path / "b").write_bytes(b"2")
+    sink.commit("b", 1)
+    sink.finish()
+    assert sorted(p.name for p in (tmp_path / "arr").iterdir()) == ["a", "b"]
+    assert not (tmp_path / "arr.partial").exists()
+
+
+def test_progress_reports_every_input_byte(tiny_ckpt, tmp_path):
+    from grokfetch.progress import RecordingProgress
+
+    prog = RecordingProgress()
+    rep = convert(tiny_ckpt, tmp_path / "out", ConvertOptions(target="gguf", bits=8, workers=2),
+                  progress=prog)
+    total = open_checkpoint(tiny_ckpt).table.payload_bytes
+    assert prog.totals["convert"] == total and prog.completed["convert"] == total
+    assert rep.bytes_in == total
