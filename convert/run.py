@@ -86,6 +86,18 @@ class _TotalProgress:
 
 
 def peak_rss_bytes() -> int:
+    """Peak resident set size of this process.
+
+    Linux: ``VmHWM`` from ``/proc/self/status`` (``ru_maxrss`` survives ``exec`` and would
+    report a big parent's RSS for a child); elsewhere ``resource.getrusage``.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return ru if sys.platform == "darwin" else ru * 1024
 

@@ -153,8 +153,10 @@ def run_demo(workdir: Path | str | None = None, *, keep: bool = False, preset: s
             rep.raise_for_failures()
             cmp = getattr(rep, "compare", None) or {}
             extra = ""
-            if isinstance(cmp, dict) and "top1" in cmp:
-                extra = f", vs original: top-1 {cmp['top1']:.2f}, max|Δ| {cmp.get('max_abs', 0):.3g}"
+            if isinstance(cmp, dict) and "top1_agreement" in cmp:
+                kind = "lossless, identical" if cmp.get("lossless") else "lossy"
+                extra = (f"; vs original ({kind}): top-1 {cmp['top1_agreement']:.0%}, "
+                         f"mean KL {cmp['mean_kl']:.2g}, max|Δlogit| {cmp['max_abs_diff']:.3g}")
             return f"{len(rep.checks)} checks passed{extra}", None
         return run
 

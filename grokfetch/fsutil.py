@@ -10,8 +10,9 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from grokfetch.errors import InsufficientSpaceError, UnsafePathError
 
@@ -97,6 +98,16 @@ def check_free_space(path: Path | str, needed: int, *, force: bool = False) -> N
     free = free_bytes(path)
     if needed > free and not force:
         raise InsufficientSpaceError(path, needed, free)
+
+
+def human_bytes(n: float, binary: bool = False) -> str:
+    """``4.35 MB``-style sizes (powers of 1000), or ``4.06 MiB`` with ``binary``."""
+    units = (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)) if binary else \
+        (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3))
+    for unit, div in units:
+        if n >= div:
+            return f"{n / div:.2f} {unit}"
+    return f"{int(n)} B"
 
 
 def parse_size(text: str | int | None) -> int | None:

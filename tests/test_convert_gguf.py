@@ -372,6 +372,11 @@ def test_cli_refusals(tiny_ckpt, tmp_path, run_cli):
     code, _, err = run_cli(["convert", tiny_ckpt, "--to", "gguf", "--out", out, "--bits", "16"])
     assert code == 2 and "already exists" in err
     assert [p.name for p in out.iterdir()] == ["mine.txt"]
+    (out / "old-Q8_0.gguf").write_bytes(b"stale")
+    code, _, _ = run_cli(["convert", tiny_ckpt, "--to", "gguf", "--out", out, "--bits", "16",
+                          "--force", "--quiet"])
+    assert code == 0 and (out / "mine.txt").read_text() == "user data"  # --force spares it
+    assert sorted(p.name for p in out.glob("*.gguf")) == ["tiny-BF16.gguf"]
 
 
 def test_cli_json_report(tiny_ckpt, tmp_path, run_cli):

@@ -112,9 +112,9 @@ def test_include_creates_only_selected_files(tmp_path, run_cli, tiny_torrent, se
     assert same_tree(dest / tiny_ckpt.name, tiny_ckpt, want)
 
 
-def test_layers_select_by_tensor_table(tmp_path, run_cli, tiny_torrent, seeder, tiny_ckpt):
-    dest = tmp_path / "d"
-    code, _, err = run_cli(["download", tiny_torrent, "--dir", dest, "--peer", f"127.0.0.1:{seeder.port}",
+def test_layers_select_by_tensor_table(tmp_path, run_cli, magnet, seeder, tiny_ckpt):
+    dest = tmp_path / "d"   # a magnet: the selection is made when the metadata arrives
+    code, _, err = run_cli(["download", magnet, "--dir", dest, "--peer", f"127.0.0.1:{seeder.port}",
                             *LOCAL, "--layers", "0-1,10", "--preset", "tiny", "-q"])
     assert code == 0, err
     table = TensorTable(preset("tiny"))
@@ -122,6 +122,24 @@ def test_layers_select_by_tensor_table(tmp_path, run_cli, tiny_torrent, seeder, 
     assert len(want) == 2 + 3 * 12 + 2
     assert rel_files(dest / tiny_ckpt.name) == want
     assert same_tree(dest / tiny_ckpt.name, tiny_ckpt, want)
+
+
+def test_exclude_and_partial_download_can_be_seeded(tmp_path, run_cli, tiny_torrent, seeder, tiny_ckpt):
+    first = tmp_path / "first"
+    code, _, err = run_cli(["download", tiny_torrent, "--dir", first, "--peer", f"127.0.0.1:{seeder.port}",
+                            *LOCAL, "--exclude", "ckpt-0/*", "-q"])
+    assert code == 0, err
+    assert rel_files(first / tiny_ckpt.name) == {"tokenizer.model", "model-config.json"}
+    # the partial download seeds what it has (from its clean resume data) to a second leecher
+    with Seeder(first) as partial:
+        second = tmp_path / "second"
+        code, _, err = run_cli(["download", tiny_torrent, "--dir", second, "--peer",
+                                f"127.0.0.1:{partial.port}", *LOCAL, "--include", "*.json", "-q",
+                                "--timeout", "20"])
+        assert code == 0, err
+        assert partial.uploaded > 0
+    assert rel_files(second / tiny_ckpt.name) == {"model-config.json"}
+    assert same_tree(second / tiny_ckpt.name, tiny_ckpt, {"model-config.json"})
 
 
 def test_layers_with_wrong_preset_is_refused(tmp_path, run_cli, tiny_torrent, seeder):
@@ -354,6 +372,10 @@ def test_download_from_aria2c_seeder(tmp_path, run_cli, tiny_ckpt, tiny_torrent)
     finally:
         aria.terminate()
         aria.wait(10)
+    # and aria2c's own SHA-1 check accepts what grokfetch wrote
+    check = subprocess.run(["aria2c", "--hash-check-only=true", "--check-integrity=true",
+                            f"--dir={tmp_path / 'd'}", str(tiny_torrent)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout[-500:]
 
 
 # --- disk -------------------------------------------------------------------------------------
@@ -423,6 +445,13 @@ def test_unreachable_peer_times_out(tmp_path, run_cli, magnet, tiny_torrent):
     with pytest.raises(DownloadFailed) as e:
         download(tiny_torrent, tmp_path / "t", local_opts([free_port()], timeout=1.5))
     assert e.value.reason == "stalled"
+
+
+def test_seed_errors(tmp_path, run_cli, tiny_torrent):
+    code, _, err = run_cli(["seed", tmp_path, "--for", "1"])
+    assert code == 2 and "saved torrent not found" in err
+    code, _, err = run_cli(["seed", tmp_path, "--torrent", tiny_torrent, "--for", "1"])
+    assert code == 2 and "content of torrent" in err
 
 
 def test_unwritable_dir_is_refused(tmp_path, run_cli, tiny_torrent):

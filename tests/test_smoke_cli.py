@@ -36,6 +36,7 @@ def converted(tiny_ckpt, tmp_path_factory):
                        "st-bf16": ["--to", "safetensors", "--dtype", "bf16"],
                        "st-int8-sglang": ["--to", "safetensors", "--dtype", "int8", "--layout", "sglang"],
                        "jax": ["--to", "jax"],
+                       "jax-bf16": ["--to", "jax", "--dtype", "bf16"],
                        "gguf-f32-l3": ["--to", "gguf", "--quant", "F32", "--layers", "0-2"]}.items():
         if main(["convert", str(tiny_ckpt), *args, "-o", str(root / name), "-q"]) == 0:
             outs[name] = root / name
@@ -54,6 +55,9 @@ def test_smoke_tiny_on_8_devices(run_cli, tiny_ckpt, tmp_path):
     assert len(r["generated_tokens"]) == 3 and isinstance(r["generated_text"], str)
     assert r["timings"]["prefill_tokens_per_s"] > 0 and r["timings"]["decode_tokens_per_s"] > 0
     assert len(r["memory_per_device"]) == 8
+    # What each device really holds (params + KV cache) is what the shapes-only plan said.
+    pf = r["preflight"]
+    assert set(r["memory_per_device"].values()) == {pf["weights"] + pf["kv_cache"]}
     logits = np.load(dump)
     assert logits.shape == (6, 512) and logits.dtype == np.float32
     # The first generated token is the argmax of the last prompt position.

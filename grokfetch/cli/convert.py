@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from grokfetch.cli.options import CkptArg, ForceOpt, JsonOpt, PresetOpt, QuietOpt, examples
+from grokfetch.fsutil import human_bytes
 
 EPILOG = examples(
     "grokfetch convert ./grok-1 --to gguf --out ./grok-1-q4 --bits 4",
@@ -17,28 +18,9 @@ EPILOG = examples(
     "grokfetch convert ./grok-1 --to safetensors --out ./grok-1-hf --layout hf --shard-size 5GB",
     "grokfetch convert ./grok-1 --to jax --out ./grok-1-jax --mesh 1x8",
 )
-_GGUF_ONLY = ("bits", "quant", "split_size")
-_ST_JAX_ONLY = ("layout", "dtype", "shard_size", "mesh")
-
-
-def _fmt(n: float) -> str:
-    for unit, div in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= div:
-            return f"{n / div:.2f} {unit}"
-    return f"{int(n)} B"
-
-
-def parse_mesh(text: str) -> tuple[int, int]:
-    """``"1x8"`` → ``(1, 8)`` (data × model)."""
-    from grokfetch.errors import UsageError
-
-    try:
-        d, m = (int(x) for x in text.lower().split("x"))
-        if d < 1 or m < 1:
-            raise ValueError
-    except ValueError:
-        raise UsageError(f"bad --mesh {text!r}; use DATAxMODEL, e.g. 1x8") from None
-    return d, m
+#: Target-specific options and the one target each applies to.
+_OPTION_TARGET = {"bits": "gguf", "quant": "gguf", "split_size": "gguf", "layout": "safetensors",
+                  "dtype": "safetensors", "shard_size": "safetensors", "mesh": "jax"}
 
 
 def register(app: typer.Typer) -> None:
@@ -86,9 +68,14 @@ def register(app: typer.Typer) -> None:
         json_: JsonOpt = False,
         quiet: QuietOpt = False,
     ) -> int:
-        """Convert a Grok-1 checkpoint to GGUF (llama.cpp), safetensors (HF/sglang) or a
-        re-sharded JAX checkpoint, streaming tensor by tensor (resumable; output manifest last)."""
+        """Convert a checkpoint to GGUF, safetensors or a re-sharded JAX checkpoint.
+
+        Straight from the int8 pickles to GGUF (llama.cpp, 2-16 bit), safetensors (HF or
+        sglang names) or tensorstore/orbax, streaming tensor by tensor with bounded memory;
+        resumable, files renamed when complete, output manifest last.
+        """
         from convert.base import DEFAULT_SHARD_SIZE, ConvertOptions
+        from convert.jax_layout import parse_mesh
         from convert.run import convert as run_convert
         from grokfetch.cli.output import Output
         from grokfetch.errors import Interrupted, UsageError
@@ -97,15 +84,15 @@ def register(app: typer.Typer) -> None:
         target = to.strip().lower()
         given = {"bits": bits, "quant": quant, "split_size": split_size, "layout": layout,
                  "dtype": dtype, "shard_size": shard_size, "mesh": mesh}
-        wrong = _ST_JAX_ONLY if target == "gguf" else _GGUF_ONLY
-        bad = [f"--{k.replace('_', '-')}" for k in wrong if given[k] is not None]
-        if bad:
+        bad = [f"--{k.replace('_', '-')}" for k, only in _OPTION_TARGET.items()
+               if given[k] is not None and only != target]
+        if bad and target in _OPTION_TARGET.values():
             raise UsageError(f"{', '.join(bad)} do(es) not apply to --to {target}")
         opts = ConvertOptions(
             target=target, bits=bits, quant=quant, split_size=parse_size(split_size),
             layout=(layout or "hf").lower(), dtype=(dtype or "bf16").lower(),
             shard_size=parse_size(shard_size) or DEFAULT_SHARD_SIZE,
-            mesh=parse_mesh(mesh) if mesh else (1, 8),
+            mesh=parse_mesh(mesh or "1x8"),
             layers=layers, experts=experts, workers=workers, force=force, tokenizer=tokenizer,
             wait=wait, wait_timeout=wait_timeout, chunk_bytes=parse_size(chunk_size) or 0,
             name=name)
@@ -120,12 +107,12 @@ def register(app: typer.Typer) -> None:
             verb = "resumed and finished" if report.resumed else "wrote"
             console.print(f"{verb} {len(report.files)} file(s) in {report.out}:")
             for f in report.files:
-                console.print(f"  {f['path']}  {_fmt(f['bytes'])}  ({f['tensors']} tensors)")
+                console.print(f"  {f['path']}  {human_bytes(f['bytes'])}  ({f['tensors']} tensors)")
             d = report.details
             if d.get("tensor_types"):
                 types = ", ".join(f"{k}×{v}" for k, v in sorted(d["tensor_types"].items()))
                 console.print(f"  {d.get('scheme', '')}: {types}")
-            console.print(f"in {_fmt(report.bytes_in)}, out {_fmt(report.bytes_out)}, "
+            console.print(f"in {human_bytes(report.bytes_in)}, out {human_bytes(report.bytes_out)}, "
                           f"{report.seconds:.1f} s, {report.mb_per_s:.1f} MB/s in, "
                           f"peak RSS {report.peak_rss_bytes / 2**20:.0f} MiB")
             if report.manifest:

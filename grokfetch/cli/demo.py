@@ -8,12 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from grokfetch.cli.options import JsonOpt, examples
-
-
-def _fmt_size(n: int | None) -> str:
-    if n is None:
-        return "–"
-    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+from grokfetch.fsutil import human_bytes
 
 
 def register(app: typer.Typer) -> None:
@@ -55,7 +50,7 @@ def register(app: typer.Typer) -> None:
                 t.add_column(col, justify="right" if col in ("time", "size") else "left")
             for s in report.steps:
                 res = ("[green]ok[/green] " if s.ok else "[red]FAILED[/red] ") + s.detail
-                t.add_row(s.name, res, f"{s.seconds:.1f} s", _fmt_size(s.bytes))
+                t.add_row(s.name, res, f"{s.seconds:.1f} s", human_bytes(s.bytes) if s.bytes is not None else "–")
             console.print(t)
             total = sum(s.seconds for s in report.steps)
             verdict = "[green]all steps passed[/green]" if report.passed else "[red]a step failed[/red]"

@@ -8,16 +8,10 @@ from typing import Annotated, Optional
 import typer
 
 from grokfetch.cli.options import JsonOpt, PresetOpt, examples
+from grokfetch.fsutil import human_bytes
 
 EPILOG = examples("grokfetch inspect --preset grok-1", "grokfetch inspect --json | jq length",
                   "grokfetch inspect ./grok-1 --preset grok-1")
-
-
-def _fmt_bytes(n: int) -> str:
-    for unit, div in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= div:
-            return f"{n / div:.2f} {unit}"
-    return f"{n} B"
 
 
 def register(app: typer.Typer) -> None:
@@ -61,10 +55,10 @@ def register(app: typer.Typer) -> None:
                 t.add_column(col, justify="right" if col in ("index", "payload") else "left")
             if statuses is not None:
                 t.add_column("status")
-            for spec, row in zip(table, rows):
+            for spec, row in zip(table, rows, strict=True):
                 cells = [str(spec.index), spec.file, spec.path, "×".join(map(str, spec.shape)),
                          spec.dtype, "×".join(map(str, spec.scales_shape or ())) or "–",
-                         _fmt_bytes(spec.payload_bytes), spec.gguf_name]
+                         human_bytes(spec.payload_bytes), spec.gguf_name]
                 if statuses is not None:
                     color = "green" if row["status"] == "ok" else "red"
                     cells.append(f"[{color}]{row['status']}[/{color}] {row['detail']}")

@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from grokfetch.cli.options import CkptArg, ForceOpt, JsonOpt, PresetOpt, examples
+from grokfetch.cli.options import ForceOpt, JsonOpt, PresetOpt, examples
+from grokfetch.fsutil import human_bytes
 
 EPILOG = examples(
     "grokfetch smoke ./grok-1 --gpus 8",
@@ -28,22 +29,15 @@ def _parse_tokens(text: str | None) -> list[int] | None:
         raise UsageError(f"bad --tokens {text!r}; use comma-separated ids, e.g. 21560,1135") from None
 
 
-def _size(n: int) -> str:
-    for unit, div in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= div:
-            return f"{n / div:.2f} {unit}"
-    return f"{n} B"
-
-
 def _human(report, console) -> None:
     r = report
     console.print(f"[bold]{r.config}[/bold] ({r.format}) on {r.devices} {r.platform} device(s), "
                   f"{r.layers} layers, {r.dtype}")
     pf = r.preflight
-    console.print(f"per device: weights {_size(pf['weights'])}, KV cache {_size(pf['kv_cache'])}, "
-                  f"temporaries {_size(pf['temporaries'])}"
+    console.print(f"per device: weights {human_bytes(pf['weights'], binary=True)}, KV cache {human_bytes(pf['kv_cache'], binary=True)}, "
+                  f"temporaries {human_bytes(pf['temporaries'], binary=True)}"
                   + (" (XLA)" if pf["measured_temporaries"] else " (estimate)")
-                  + (f" of {_size(pf['device_bytes'])}" if pf["device_bytes"] else ""))
+                  + (f" of {human_bytes(pf['device_bytes'], binary=True)}" if pf["device_bytes"] else ""))
     t = r.timings
     console.print(f"compile {t['compile_s']:.1f} s, load {t['load_s']:.1f} s, prefill "
                   f"{t['prefill_tokens_per_s']:.1f} tok/s, decode {t['decode_tokens_per_s']:.2f} tok/s")
@@ -55,10 +49,15 @@ def _human(report, console) -> None:
         console.print(f"  {mark} {c.name}: {c.detail}")
 
 
+SmokeCkptArg = Annotated[Path, typer.Argument(
+    help="The original checkpoint (folder holding ckpt-0/) or any convert output: a GGUF, "
+         "safetensors or JAX-store folder (detected from its files).", show_default=False)]
+
+
 def register(app: typer.Typer) -> None:
     @app.command(epilog=EPILOG)
     def smoke(
-        ckpt: CkptArg,
+        ckpt: SmokeCkptArg,
         gpus: Annotated[int, typer.Option("--gpus", help="Devices in the mesh (1, 2, 4 or 8); "
                                           "with --platform cpu, simulated.")] = 1,
         platform: Annotated[str, typer.Option("--platform", help="gpu or cpu.")] = "gpu",
@@ -90,9 +89,12 @@ def register(app: typer.Typer) -> None:
         force: ForceOpt = False,
         json_: JsonOpt = False,
     ) -> int:
-        """Run Grok-1 (or a fixture) sharded over N devices and check it: finite, non-degenerate
-        logits; bit-identical reruns; KV-cache decode equal to a teacher-forced prefill;
-        tokens/s and memory per device; the generated text. Exit 0 only when all checks pass."""
+        """Run the model sharded over N devices in JAX and check that it works.
+
+        Checks: finite, non-degenerate logits; bit-identical reruns; KV-cache decode equal to
+        a teacher-forced prefill; reports tokens/s, memory per device and the generated text.
+        Exit 0 only when all checks pass.
+        """
         from grokfetch.cli.output import Output
         from grokfetch.errors import OutputExistsError
         from grokfetch.fsutil import parse_size

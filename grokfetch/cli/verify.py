@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from grokfetch.cli.options import ForceOpt, JsonOpt, PresetOpt, QuietOpt, examples
+from grokfetch.fsutil import human_bytes
 
 VERIFY_EPILOG = examples(
     "grokfetch verify ./grok-1",
@@ -17,13 +18,6 @@ VERIFY_EPILOG = examples(
 )
 MANIFEST_EPILOG = examples("grokfetch manifest create ./grok-1 -o grok-1.manifest.json",
                            "grokfetch manifest create ./out --algo sha256")
-
-
-def _fmt(n: int) -> str:
-    for unit, div in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= div:
-            return f"{n / div:.2f} {unit}"
-    return f"{n} B"
 
 
 def _pieces(ps: list[int], limit: int = 6) -> str:
@@ -45,7 +39,7 @@ def summary_line(report) -> str:
     what = ", ".join(report.checks) or "nothing"
     if report.ok:
         extra = f"; {len(report.warnings)} warning(s)" if report.warnings else ""
-        return (f"OK: {report.files_checked} files, {_fmt(report.bytes_hashed)} hashed "
+        return (f"OK: {report.files_checked} files, {human_bytes(report.bytes_hashed)} hashed "
                 f"({what}) in {report.seconds:.1f} s{extra}")
     parts = ", ".join(f"{n} {k}" for k, n in counts.items())
     return f"FAILED ({what}): {parts}"
@@ -193,6 +187,6 @@ def register(app: typer.Typer) -> None:
         total = sum(f["size"] for f in doc["files"])
         out.result({"manifest": str(path), "algo": algo, "files": len(doc["files"]),
                     "bytes": total, "chunk_size": chunk_size},
-                   lambda c: c.print(f"wrote {path}: {len(doc['files'])} files, {_fmt(total)}, "
+                   lambda c: c.print(f"wrote {path}: {len(doc['files'])} files, {human_bytes(total)}, "
                                      f"{algo}"))
         return 0

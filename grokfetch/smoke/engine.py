@@ -135,8 +135,11 @@ class Engine:
     # -- running ---------------------------------------------------------------------------------
 
     def new_caches(self, layers: int) -> list[tuple[jax.Array, jax.Array]]:
-        sh = self.sharding(CACHE_AXES)
-        zeros = jax.jit(lambda: jnp.zeros(self.cache_shape, self.dtype), out_shardings=sh)
+        """Zeroed (k, v) caches per layer, created sharded on the devices."""
+        if "zeros" not in self.compiled:
+            self.compiled["zeros"] = jax.jit(lambda: jnp.zeros(self.cache_shape, self.dtype),
+                                             out_shardings=self.sharding(CACHE_AXES))
+        zeros = self.compiled["zeros"]
         return [(zeros(), zeros()) for _ in range(layers)]
 
     def forward(self, params: dict, caches: list, tokens: np.ndarray, pos: int,

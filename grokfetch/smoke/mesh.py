@@ -79,8 +79,9 @@ def setup_jax(platform: str, n: int, coordinator: str | None = None, num_process
     """Import JAX for ``platform`` with enough devices and return ``n`` of them.
 
     On ``cpu`` this asks for ``n / num_processes`` simulated devices *before* the backend
-    starts (``XLA_FLAGS`` and ``jax_num_cpu_devices``). If JAX already runs in this process
-    (tests), its existing devices are used when there are enough.
+    starts (``XLA_FLAGS`` and ``jax_num_cpu_devices``); on ``gpu`` it turns on XLA's
+    deterministic ops unless ``XLA_FLAGS`` already says otherwise. If JAX already runs in this
+    process (tests), its existing devices are used when there are enough.
     """
     if platform not in ("cpu", "gpu"):
         raise UsageError(f"--platform must be gpu or cpu, not {platform!r}")
@@ -96,6 +97,11 @@ def setup_jax(platform: str, n: int, coordinator: str | None = None, num_process
                  if not f.startswith("--xla_force_host_platform_device_count")]
         os.environ["XLA_FLAGS"] = " ".join(flags + [flag])
         os.environ["JAX_PLATFORMS"] = "cpu"
+    elif platform == "gpu" and fresh:
+        flags = os.environ.get("XLA_FLAGS", "")
+        if "xla_gpu_deterministic_ops" not in flags:
+            # Bit-identical reruns are one of the checks: ask XLA for deterministic GPU kernels.
+            os.environ["XLA_FLAGS"] = f"{flags} --xla_gpu_deterministic_ops=true".strip()
     import jax
 
     if platform == "cpu":
@@ -110,7 +116,8 @@ def setup_jax(platform: str, n: int, coordinator: str | None = None, num_process
                                        num_processes=num_processes, process_id=process_id)
         except RuntimeError as exc:
             if "already" not in str(exc):
-                raise GrokfetchError(f"jax.distributed.initialize({coordinator}) failed: {exc}") from None
+                raise GrokfetchError(
+                    f"jax.distributed.initialize({coordinator}) failed: {exc}") from None
     elif num_processes > 1:
         raise UsageError("--num-processes > 1 needs --coordinator HOST:PORT")
     try:

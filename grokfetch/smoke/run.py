@@ -9,7 +9,8 @@ The checks (thresholds are documented in ``docs/smoke.md``):
 * ``kv_cache``: the cached decode steps equal one teacher-forced prefill over
   ``prompt + generated[:-1]`` — tokens equal (a bf16 near-tie within the tolerance excepted) and
   ``max |Δlogit| ≤ tol · max(1, max |logit|)`` with tol 1e-4 (f32) or 0.1 (bf16);
-* ``tokenizer`` (when one is used): its vocabulary fits the model's;
+* ``tokenizer`` (when one is used): its vocabulary fits the model's, and a Grok-1-sized model
+  gets the released ``tokenizer.model`` (sha256);
 * ``compare`` (``--compare OTHER``): exact equality for two lossless formats, else top-1
   agreement ≥ 0.9 and mean KL ≤ 0.05 on the teacher-forced positions.
 """
@@ -323,7 +324,7 @@ def smoke(ckpt: Path | str, opts: SmokeOptions, progress: Progress = NULL_PROGRE
     if tokenizer is not None:
         checks.append(check_tokenizer(tokenizer, cfg))
         text = tokenizer.decode(gen1.tokens)
-    if opts.dump_logits is not None:
+    if opts.dump_logits is not None and opts.process_id == 0:  # one writer across processes
         _dump(opts.dump_logits, gen1.prompt_logits)
     compare = None
     if other is not None:

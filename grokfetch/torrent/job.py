@@ -293,7 +293,8 @@ class _Job:
         peers = [resolve_peer(p) for p in opts.peers]
         self.state.prepare()
         unclean = self.state.mark_running()
-        extra = {"allow_multiple_connections_per_ip": True} if peers else {}
+        # explicit peers: several may share an address, and a dropped one is re-dialled soon
+        extra = {"allow_multiple_connections_per_ip": True, "min_reconnect_time": 2} if peers else {}
         if opts.order == "model":
             extra["initial_picker_threshold"] = 0   # no random first pieces
         ses = make_session(opts.net, **extra)
@@ -316,10 +317,18 @@ class _Job:
         listen_port(ses)
         atp = self.build_atp(lt, unclean)
         self.h, self.ses = ses.add_torrent(atp), ses
+        if not self.opts.trackers:
+            self.h.replace_trackers([])   # also drops the .torrent's own announce list
         if self.opts.order == "model" and atp.ti is not None:
             self.reorder(self.h, atp.ti, force=True)
+        self.dialed = False
+        if atp.ti is None:   # a magnet needs peers for the metadata right away
+            self.dial(peers)
+
+    def dial(self, peers) -> None:
         for p in peers:
             self.h.connect_peer(p)
+        self.dialed = True
 
     def loop(self, lt, ses, h, peers, stop: _Stop) -> DownloadResult:
         opts, progress = self.opts, self.progress
@@ -371,10 +380,14 @@ class _Job:
                 if opts.order == "model" and st.has_metadata and not checking:
                     self.reorder(h, h.torrent_file())   # in case a file_completed alert was lost
                 self.status_event(lt, h, st)
-            if peers and st.num_peers == 0 and now - last_dial >= 5:
+            if peers and not self.dialed and not checking and st.has_metadata:
+                # only once priorities are in force: a torrent that looks finished says
+                # "upload only" in the handshake, and an upload-only seeder hangs up on it
                 last_dial = now
-                for p in peers:
-                    h.connect_peer(p)
+                self.dial(peers)
+            elif peers and st.num_peers == 0 and now - last_dial >= 5:
+                last_dial = now
+                self.dial(peers)
             if now - last_resume >= opts.resume_interval and st.has_metadata:
                 last_resume = now
                 if h.need_save_resume_data():
