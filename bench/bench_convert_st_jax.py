@@ -27,7 +27,6 @@ import argparse
 import dataclasses
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -36,6 +35,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from convert.run import peak_rss_bytes  # noqa: E402
 
 CASES = ("st", "st_anchor", "jax", "jax_anchor")
 
@@ -66,19 +67,6 @@ def make_checkpoint(root: Path, widening: float) -> None:
     write_atomic(root / CONFIG_FILENAME, json.dumps(cfg.to_json()))
 
 
-def _peak_rss() -> int:
-    """This process's peak RSS. ``VmHWM`` (reset by exec), not ``ru_maxrss``, which a child
-    started by ``subprocess`` inherits from the parent's high-water mark."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def run_case(case: str, ckpt: Path, out: Path) -> dict:
     """One measurement in this process; returns seconds, input bytes and peak RSS."""
     if case.startswith("jax"):
@@ -88,7 +76,7 @@ def run_case(case: str, ckpt: Path, out: Path) -> dict:
 
     ck = open_checkpoint(ckpt)
     bytes_in = sum(s.payload_bytes for s in ck.table)
-    rss0 = _peak_rss()
+    rss0 = peak_rss_bytes()
     t0 = time.perf_counter()
     if case in ("st", "jax"):
         from convert.base import ConvertOptions
@@ -138,7 +126,7 @@ def run_case(case: str, ckpt: Path, out: Path) -> dict:
     else:
         raise SystemExit(f"unknown case {case}")
     seconds = time.perf_counter() - t0
-    return {"case": case, "seconds": seconds, "bytes_in": bytes_in, "peak_rss": _peak_rss(),
+    return {"case": case, "seconds": seconds, "bytes_in": bytes_in, "peak_rss": peak_rss_bytes(),
             "rss_before": rss0, "mb_s": bytes_in / 1e6 / seconds}
 
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from grokfetch.errors import CheckFailed, GrokfetchError
 from grokfetch.progress import NULL_PROGRESS, Progress

@@ -39,7 +39,8 @@ def atomic_file(path: Path | str, mode: str = "wb") -> Iterator[BinaryIO]:
         f.close()
         os.replace(tmp, path)
     except BaseException:
-        f.close()
+        with contextlib.suppress(OSError):  # closing flushes, which fails again on a full disk
+            f.close()
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise

@@ -14,10 +14,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from grokfetch.errors import ConfigError, UsageError
 
@@ -90,7 +91,7 @@ class ModelConfig:
         return {"format": CONFIG_FORMAT, "version": 1, "config": data}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], source: str = "config") -> "ModelConfig":
+    def from_json(cls, data: dict[str, Any], source: str = "config") -> ModelConfig:
         if data.get("format") != CONFIG_FORMAT or "config" not in data:
             raise ConfigError(source, f"not a {CONFIG_FORMAT} file")
         fields = {f.name for f in dataclasses.fields(cls)}
@@ -378,7 +379,7 @@ class TensorTable:
     """All checkpoint files of a config, in official flatten (= file index) order."""
 
     def __init__(self, config: ModelConfig):
-        from grokfetch.checkpoint.pickle_format import predicted_file_bytes
+        from grokfetch.checkpoint.pickle_emit import predicted_file_bytes
 
         self.config = config
         rows: list[TensorSpec] = []

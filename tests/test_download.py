@@ -186,7 +186,7 @@ def test_seed_command_serves_a_finished_download(tmp_path, run_cli, tiny_torrent
                              "127.0.0.1:0", "--no-dht", "--no-lsd", "--no-upnp", "--no-utp",
                              "--for", "60", "--json"], stdout=subprocess.PIPE, text=True)
     try:
-        port = json.loads(proc.stdout.readline())["port"]
+        port = next(ev["port"] for ev in map(json.loads, proc.stdout) if "port" in ev)
         second = tmp_path / "second"
         code, _, err = run_cli(["download", tiny_torrent, "--dir", second, "--peer", f"127.0.0.1:{port}",
                                 *LOCAL, "--timeout", "20", "-q"])
@@ -445,6 +445,17 @@ def test_unreachable_peer_times_out(tmp_path, run_cli, magnet, tiny_torrent):
     with pytest.raises(DownloadFailed) as e:
         download(tiny_torrent, tmp_path / "t", local_opts([free_port()], timeout=1.5))
     assert e.value.reason == "stalled"
+
+
+def test_symlink_out_of_the_folder_is_refused(tmp_path, run_cli, tiny_torrent, tiny_ckpt):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest = tmp_path / "d"
+    dest.mkdir()
+    (dest / tiny_ckpt.name).symlink_to(outside)
+    code, _, err = run_cli(["download", tiny_torrent, "--dir", dest, *LOCAL, "--timeout", "5"])
+    assert code == 1 and "refusing path" in err and "symlink" in err
+    assert list(outside.iterdir()) == []
 
 
 def test_seed_errors(tmp_path, run_cli, tiny_torrent):

@@ -9,8 +9,16 @@ import gguf
 import pytest
 
 from grokfetch.errors import ConfigError, UsageError
-from grokfetch.spec import (GROK_1, PRESETS, ModelConfig, TensorTable, layer_file_order, load_config,
-                            parse_layers, preset)
+from grokfetch.spec import (
+    GROK_1,
+    PRESETS,
+    ModelConfig,
+    TensorTable,
+    layer_file_order,
+    load_config,
+    parse_layers,
+    preset,
+)
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,10 @@
-"""The Grok-1 tensor-file pickle format: a byte-exact emitter and a safe, zero-copy scanner.
+"""The Grok-1 tensor-file pickle format, and a safe, zero-copy scanner for it.
 
 A tensor file is one protocol-4 pickle written by numpy 1.26's ``pickle.dump``: either a plain
 ``ndarray`` (float32) or a ``__main__.QuantizedWeight8bit`` whose state dict holds ``weight``
 (int8) and ``scales`` (``ml_dtypes.bfloat16``). Arrays are rebuilt through
 ``numpy.core.multiarray._reconstruct`` + BUILD with the raw bytes in one BINBYTES payload.
+(``pickle_emit`` writes exactly these bytes.)
 
 The scanner never runs the unpickler: it walks the opcodes, allows only the handful of globals
 such a file names, evaluates the stack symbolically and returns where each payload lies, so a
@@ -13,13 +14,11 @@ such a file names, evaluates the stack symbolically and returns where each paylo
 
 from __future__ import annotations
 
-import math
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Union
+from typing import Union
 
-FRAME_SIZE_TARGET = 64 * 1024  # CPython's pickler bypasses frames for payloads this large
-FRAME_SIZE_MIN = 4
 QW8_CLASS = ("__main__", "QuantizedWeight8bit")
 
 #: dtype descriptors as numpy pickles them: (dtype arg or None for a type global, byte order,
@@ -59,187 +58,6 @@ class QW8Ref:
 
 TensorRef = Union[ArrayRef, QW8Ref]
 
-
-# --- emitter ----------------------------------------------------------------------------------
-
-
-class _Emitter:
-    """Reproduces CPython's C pickler (protocol 4) for exactly these objects, payloads apart.
-
-    Output pieces are ``bytes`` (written verbatim) or ``int`` (a payload of that many bytes).
-    """
-
-    def __init__(self) -> None:
-        self.out: list[bytes | int] = [b"\x80\x04"]
-        self.frame: list[bytes | int] = []
-        self.frame_len = 0
-        self.memo: dict[object, int] = {}
-
-    def op(self, data: bytes | int) -> None:
-        self.frame.append(data)
-        self.frame_len += data if isinstance(data, int) else len(data)
-
-    def commit(self) -> None:
-        if self.frame_len >= FRAME_SIZE_MIN:
-            self.out.append(b"\x95" + struct.pack("<Q", self.frame_len))
-        self.out += self.frame
-        self.frame, self.frame_len = [], 0
-
-    def boundary(self) -> None:
-        if self.frame_len >= FRAME_SIZE_TARGET:
-            self.commit()
-
-    def memoize(self, key: object | None = None) -> None:
-        self.memo[object() if key is None else key] = len(self.memo)
-        self.op(b"\x94")
-
-    def get(self, key: object) -> bool:
-        if key not in self.memo:
-            return False
-        i = self.memo[key]
-        self.op(b"h" + bytes([i]) if i < 256 else b"j" + struct.pack("<I", i))
-        return True
-
-    def string(self, s: str, shared: bool = False) -> None:
-        if shared and self.get(("str", s)):
-            return
-        raw = s.encode()
-        head = b"\x8c" + bytes([len(raw)]) if len(raw) < 256 else b"X" + struct.pack("<I", len(raw))
-        self.op(head + raw)
-        self.memoize(("str", s) if shared else None)
-
-    def integer(self, x: int) -> None:
-        if 0 <= x < 256:
-            self.op(b"K" + bytes([x]))
-        elif 0 <= x < 65536:
-            self.op(b"M" + struct.pack("<H", x))
-        elif -(2**31) <= x < 2**31:
-            self.op(b"J" + struct.pack("<i", x))
-        else:
-            raw = x.to_bytes((x.bit_length() + 8) // 8, "little", signed=True)
-            self.op(b"\x8a" + bytes([len(raw)]) + raw)
-
-    def global_(self, module: str, name: str) -> None:
-        if self.get(("global", module, name)):
-            return
-        self.string(module, shared=True)
-        self.string(name, shared=True)
-        self.op(b"\x93")
-        self.memoize(("global", module, name))
-
-    def tuple_of_ints(self, values: tuple[int, ...]) -> None:
-        if not values:
-            self.op(b")")
-            return
-        if len(values) > 3:
-            self.op(b"(")
-        for v in values:
-            self.integer(v)
-        self.op(b"t" if len(values) > 3 else bytes([0x84 + len(values)]))
-        self.memoize()
-
-    def payload(self, nbytes: int) -> None:
-        if nbytes < 256:
-            header = b"C" + bytes([nbytes])
-        elif nbytes < 2**32:
-            header = b"B" + struct.pack("<I", nbytes)
-        else:
-            header = b"\x8e" + struct.pack("<Q", nbytes)
-        if nbytes >= FRAME_SIZE_TARGET:  # header and payload go outside any frame
-            self.commit()
-            self.out += [header, nbytes]
-        else:
-            self.op(header)
-            self.op(nbytes)
-        self.memoize()
-
-    def array(self, shape: tuple[int, ...], dtype: str, module: str) -> None:
-        code, order, tail, itemsize = DTYPES[dtype]
-        self.global_(module, "_reconstruct")
-        self.global_("numpy", "ndarray")
-        self.integer(0)
-        self.op(b"\x85")
-        self.memoize()
-        if not self.get(("bytes", b"b")):
-            self.op(b"C\x01b")
-            self.memoize(("bytes", b"b"))
-        self.op(b"\x87")
-        self.memoize()
-        self.op(b"R")
-        self.memoize()
-        self.op(b"(")
-        self.integer(1)
-        self.tuple_of_ints(shape)
-        self.global_("numpy", "dtype")
-        if code is None:
-            self.global_("ml_dtypes", dtype)
-        else:
-            self.string(code)
-        self.op(b"\x89\x88\x87")
-        self.memoize()
-        self.op(b"R")
-        self.memoize()
-        self.op(b"(")
-        self.integer(3)
-        self.string(order, shared=True)
-        self.op(b"NNN")
-        for v in tail:
-            self.integer(v)
-        self.op(b"t")
-        self.memoize()
-        self.op(b"b")
-        self.boundary()
-        self.op(b"\x89")
-        self.payload(itemsize * math.prod(shape))
-        self.boundary()
-        self.op(b"t")
-        self.memoize()
-        self.op(b"b")
-        self.boundary()
-
-
-def encode_layout(shape: tuple[int, ...], scales_shape: tuple[int, ...] | None,
-                  numpy_module: str = "numpy.core.multiarray") -> list[bytes | int]:
-    """The file as pieces: ``bytes`` to write verbatim and ``int`` payload lengths.
-
-    Payloads come in file order: the weight (int8, or float32 when ``scales_shape`` is None),
-    then the scales (bf16). ``numpy_module`` is the module named for ``_reconstruct``: the
-    numpy 1.x name by default, so that the official numpy 1.26 environment can load the file.
-    """
-    e = _Emitter()
-    if scales_shape is None:
-        e.array(shape, "float32", numpy_module)
-    else:
-        e.global_(*QW8_CLASS)
-        e.op(b")\x81")
-        e.memoize()
-        e.op(b"}")
-        e.memoize()
-        e.op(b"(")
-        e.string("weight")
-        e.array(shape, "int8", numpy_module)
-        e.string("scales")
-        e.array(scales_shape, "bfloat16", numpy_module)
-        e.op(b"u")
-        e.boundary()
-        e.op(b"b")
-    e.op(b".")
-    e.commit()
-    merged: list[bytes | int] = []
-    for piece in e.out:
-        if isinstance(piece, bytes) and merged and isinstance(merged[-1], bytes):
-            merged[-1] += piece
-        else:
-            merged.append(piece)
-    return merged
-
-
-def predicted_file_bytes(shape: tuple[int, ...], scales_shape: tuple[int, ...] | None) -> int:
-    """Exact size of the tensor file the official writer produces for these shapes."""
-    return sum(s if isinstance(s, int) else len(s) for s in encode_layout(shape, scales_shape))
-
-
-# --- scanner ----------------------------------------------------------------------------------
 
 _MARK = object()
 
@@ -381,7 +199,7 @@ def scan(buf, path: str) -> TensorRef:
             target = stack[-1] if stack else None
             if not isinstance(target, dict) or len(items) % 2:
                 raise CheckpointError(path, "malformed pickle (SETITEMS)")
-            for k, v in zip(items[::2], items[1::2]):
+            for k, v in zip(items[::2], items[1::2], strict=True):
                 target[k] = v
         elif op == 0x93:  # STACK_GLOBAL
             name, module = pop(), pop()

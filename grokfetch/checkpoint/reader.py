@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import mmap
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import ml_dtypes
 import numpy as np
@@ -164,7 +164,7 @@ class TensorFile:
                 pass  # a view is still alive; the mapping goes with it
             self._map = None
 
-    def __enter__(self) -> "TensorFile":
+    def __enter__(self) -> TensorFile:
         return self
 
     def __exit__(self, *exc: object) -> None:

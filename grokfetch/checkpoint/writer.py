@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from grokfetch.checkpoint.pickle_format import encode_layout
+from grokfetch.checkpoint.pickle_emit import encode_layout
 from grokfetch.checkpoint.reader import BF16
 from grokfetch.errors import CheckpointError
 from grokfetch.fsutil import atomic_file

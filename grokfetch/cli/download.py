@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from grokfetch.cli.options import ForceOpt, JsonOpt, PresetOpt, QuietOpt, examples
+from grokfetch.fsutil import human_bytes
 
 DL_EPILOG = examples(
     "grokfetch download --dir ./grok-1",
@@ -21,13 +22,6 @@ CREATE_EPILOG = examples("grokfetch torrent create ./grok-mini -o mini.torrent",
                          "grokfetch torrent create ./ckpt -o c.torrent --piece-size 4MiB")
 
 Multi = Optional[list[str]]
-
-
-def _fmt(n: float) -> str:
-    for unit, div in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= div:
-            return f"{n / div:.2f} {unit}"
-    return f"{int(n)} B"
 
 
 def _rate(text: str | None) -> int | None:
@@ -95,8 +89,8 @@ def register(app: typer.Typer) -> None:
 
         def human(c) -> None:
             c.print(f"[green]complete[/green]: {r.name} -> {r.content}: {r.files} files, "
-                    f"{_fmt(r.bytes)}, {r.wanted_pieces}/{r.num_pieces} pieces hash-verified "
-                    f"({_fmt(r.downloaded)} fetched in {r.elapsed:.1f} s)")
+                    f"{human_bytes(r.bytes)}, {r.wanted_pieces}/{r.num_pieces} pieces hash-verified "
+                    f"({human_bytes(r.downloaded)} fetched in {r.elapsed:.1f} s)")
             if r.hash_failures or r.banned_peers:
                 c.print(f"[yellow]{r.hash_failures} pieces failed their hash check and were fetched "
                         f"again; banned peers: {', '.join(r.banned_peers) or 'none'}[/yellow]")
@@ -153,7 +147,7 @@ def register(app: typer.Typer) -> None:
             r = run_seed(folder, torrent, listen=listen, net=net, for_seconds=for_seconds,
                          until_ratio=until_ratio, progress=_Announce(progress))
         out.result(r.to_json(), lambda c: c.print(
-            f"seeded {r.infohash}: uploaded {_fmt(r.uploaded)} (ratio {r.ratio:.2f}) to "
+            f"seeded {r.infohash}: uploaded {human_bytes(r.uploaded)} (ratio {r.ratio:.2f}) to "
             f"{r.peers_seen} peers in {r.elapsed:.0f} s; stopped by {r.stopped_by}"))
         return 0
 
@@ -183,6 +177,6 @@ def register(app: typer.Typer) -> None:
             r = create_torrent(folder, output, piece_size=_rate(piece_size), trackers=tracker or [],
                                webseeds=webseed or [], force=force, progress=progress)
         out.result(r.to_json(), lambda c: c.print(
-            f"wrote {r.path}: {r.files} files, {_fmt(r.bytes)}, {r.num_pieces} pieces of "
+            f"wrote {r.path}: {r.files} files, {human_bytes(r.bytes)}, {r.num_pieces} pieces of "
             f"{r.piece_size:,} B\ninfo-hash {r.infohash}\n{r.magnet}"))
         return 0

@@ -17,85 +17,27 @@ import contextlib
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from grokfetch.errors import DownloadFailed, InsufficientSpaceError, Interrupted, UsageError
-from grokfetch.fsutil import free_bytes, safe_join, write_atomic
+from grokfetch.fsutil import free_bytes, human_bytes, write_atomic
 from grokfetch.progress import NULL_PROGRESS, Progress
 from grokfetch.spec import TensorTable, load_config, parse_layers
 from grokfetch.torrent import selection
-from grokfetch.torrent.session import NetOptions, clear_flags, listen_port, make_session, resolve_peer
+from grokfetch.torrent.layout import (
+    bytes_on_disk,
+    check_paths,
+    check_table,
+    file_paths,
+    piece_range,
+    pieces_of,
+)
+from grokfetch.torrent.options import DownloadOptions, DownloadResult
+from grokfetch.torrent.session import clear_flags, listen_port, make_session, resolve_peer
 from grokfetch.torrent.source import Source, infohash_of, resolve, torrent_bytes
 from grokfetch.torrent.state import StateFiles
 
-ORDERS = ("rarest", "sequential", "model")
-
-
-@dataclass
-class DownloadOptions:
-    """Everything ``grokfetch download`` can be told. Defaults suit a real internet download."""
-
-    include: list[str] = field(default_factory=list)
-    exclude: list[str] = field(default_factory=list)
-    layers: str | None = None            # "0-3", "0,2,5-7"; None = all
-    preset: str | None = None            # model preset for --layers / --order model
-    order: str = "rarest"                # rarest | sequential | model
-    peers: list[str] = field(default_factory=list)      # "HOST:PORT"
-    webseeds: list[str] = field(default_factory=list)   # BEP 19 base URLs
-    trackers: bool = True                # announce to the source's trackers
-    listen: str | None = None            # "ADDR:PORT"; None = all interfaces, 6881
-    dht: bool = True
-    lsd: bool = True
-    upnp: bool = True
-    utp: bool = True
-    max_download_rate: int | None = None
-    max_upload_rate: int | None = None
-    force: bool = False                  # skip the free-space preflight
-    timeout: float | None = None         # give up after this long without progress
-    recheck: bool = False                # ignore resume data: hash-check files on disk first
-    resume_interval: float = 30.0        # seconds between periodic resume-data saves
-    status_interval: float = 1.0
-    model_lookahead: int | None = None   # --order model: bytes requested ahead (16 pieces)
-    handle_signals: bool = True          # SIGINT/SIGTERM -> save resume data, Interrupted
-
-    @property
-    def net(self) -> NetOptions:
-        return NetOptions(self.listen, self.dht, self.lsd, self.upnp, self.utp,
-                          self.max_download_rate, self.max_upload_rate)
-
-    def validate(self) -> None:
-        if self.order not in ORDERS:
-            raise UsageError(f"bad --order {self.order!r}; choose one of {', '.join(ORDERS)}")
-        if self.timeout is not None and self.timeout <= 0:
-            raise UsageError("--timeout must be positive")
-
-
-@dataclass
-class DownloadResult:
-    """A finished, hash-verified download."""
-
-    infohash: str
-    name: str
-    dest: Path
-    content: Path                 # DIR/<torrent name>
-    torrent_path: Path            # the saved DIR/.grokfetch/<infohash>.torrent
-    files: int                    # files selected
-    bytes: int                    # bytes of the selected files
-    wanted_pieces: int
-    num_pieces: int
-    downloaded: int               # payload bytes fetched in this run
-    hash_failures: int
-    banned_peers: list[str]
-    checked: bool                 # files were hash-checked at start (no trusted resume data)
-    elapsed: float
-
-    def to_json(self) -> dict:
-        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        for k in ("dest", "content", "torrent_path"):
-            d[k] = str(d[k])
-        d["elapsed"] = round(self.elapsed, 3)
-        return d
+__all__ = ["DownloadOptions", "DownloadResult", "download"]
 
 
 class _Stop:
@@ -120,63 +62,6 @@ class _Stop:
             signal.signal(sig, old)
 
 
-def human_bytes(n: float) -> str:
-    """``4.35 MB``-style sizes (powers of 1000)."""
-    for unit, div in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= div:
-            return f"{n / div:.2f} {unit}"
-    return f"{int(n)} B"
-
-
-def _file_paths(ti) -> list[str]:
-    fs = ti.layout()
-    return [fs.file_path(i).replace("\\", "/") for i in range(fs.num_files())]
-
-
-def _check_paths(dest: Path, paths: list[str]) -> None:
-    for p in paths:
-        safe_join(dest, p)
-
-
-def _check_table(table: TensorTable, paths: list[str]) -> None:
-    """The torrent's tensor files must be exactly the table's, or --layers would pick wrong."""
-    names = {p.rsplit("/", 1)[-1] for p in paths}
-    tensors = {n for n in names if n.startswith("tensor") and n.endswith("_000")}
-    expected = {s.file for s in table}
-    if tensors != expected:
-        raise UsageError(f"the torrent holds {len(tensors)} tensor files but preset "
-                         f"{table.config.name!r} has {len(expected)}",
-                         hint="pass the matching --preset (grok-1, mini, tiny)")
-
-
-def _pieces_of(ti, files: list[int]) -> list[int]:
-    """Indices of the pieces that hold any byte of ``files``."""
-    fs = ti.layout()
-    out: set[int] = set()
-    for i in files:
-        size = fs.file_size(i)
-        if size:
-            first = ti.map_file(i, 0, 1).piece
-            last = ti.map_file(i, size - 1, 1).piece
-            out.update(range(first, last + 1))
-    return sorted(out)
-
-
-def _piece_range(ti, i: int) -> tuple[int, int]:
-    size = ti.layout().file_size(i)
-    if not size:
-        return (0, -1)
-    return ti.map_file(i, 0, 1).piece, ti.map_file(i, size - 1, 1).piece
-
-
-def _on_disk(path: Path, size: int) -> int:
-    try:
-        st = path.stat()
-    except OSError:
-        return 0
-    return min(size, st.st_blocks * 512, st.st_size)
-
-
 class _Job:
     """One run of one torrent in one libtorrent session."""
 
@@ -191,6 +76,7 @@ class _Job:
         self.checked = False
         self.resume_pending = 0
         self.resume_error: str | None = None
+        self.saved_have: list[bool] = []
         self.start = time.monotonic()
 
     # --- setup ------------------------------------------------------------------------------
@@ -205,18 +91,18 @@ class _Job:
 
     def plan(self, ti) -> list[int]:
         """Selection + preflight for known metadata; returns the file priorities."""
-        paths = _file_paths(ti)
-        _check_paths(self.dest, paths)
+        paths = file_paths(ti)
+        check_paths(self.dest, paths)
         table = self.table(ti)
         if table is not None:
-            _check_table(table, paths)
+            check_table(table, paths)
         layers = parse_layers(self.opts.layers, table.config.num_layers) if table else None
         self.sel = selection.select(paths, table, include=self.opts.include,
                                     exclude=self.opts.exclude, layers=layers)
         if self.sel.count == 0:
             raise UsageError("the --include/--exclude/--layers filters select no file of the torrent")
         fs = ti.layout()
-        remaining = sum(fs.file_size(i) - _on_disk(self.dest / paths[i], fs.file_size(i))
+        remaining = sum(fs.file_size(i) - bytes_on_disk(self.dest / paths[i], fs.file_size(i))
                         for i in range(len(paths)) if self.sel.wanted[i])
         free = free_bytes(self.dest)
         if remaining > free and not self.opts.force:
@@ -227,8 +113,8 @@ class _Job:
             raise exc
         self.done_files = [False] * len(paths)
         self.sizes = [fs.file_size(i) for i in range(len(paths))]
-        self.wanted_pieces = _pieces_of(ti, [i for i, w in enumerate(self.sel.wanted) if w])
-        self.ranges = [_piece_range(ti, i) for i in range(len(paths))]
+        self.wanted_pieces = pieces_of(ti, [i for i, w in enumerate(self.sel.wanted) if w])
+        self.ranges = [piece_range(ti, i) for i in range(len(paths))]
         return selection.base_priorities(self.sel)
 
     def model_priorities(self, ti) -> list[int]:
@@ -395,8 +281,9 @@ class _Job:
                                        | lt.save_resume_flags_t.save_info_dict)
             if opts.timeout is not None and now - last_progress_t > opts.timeout:
                 self.stop_with_resume(lt, h)
+                pct = 100.0 * st.total_wanted_done / max(1, self.total(st))
                 what = ("metadata (no peer sent it)" if not st.has_metadata
-                        else f"data at {st.progress * 100:.1f} %")
+                        else f"data at {pct:.1f} %")
                 raise DownloadFailed(
                     f"stalled: no progress on {what} for {opts.timeout:g} s "
                     f"({st.num_peers} peers, {st.num_seeds} seeds)", reason="stalled",
@@ -409,8 +296,8 @@ class _Job:
         return st.total_wanted
 
     def complete(self, h, st) -> bool:
-        """Every wanted piece (priority > 0) is marked have; libtorrent set that bit only after
-        the piece's SHA-1 matched (on arrival, or during the file check)."""
+        """Every piece of the selected files is marked have; libtorrent sets that bit only
+        after the piece's SHA-1 matched (on arrival, or during the file check)."""
         if st.total_wanted == 0 or st.total_wanted_done < st.total_wanted:
             if self.opts.order != "model":   # model order defers files: wanted < selected
                 return False
@@ -444,6 +331,7 @@ class _Job:
                 if self.opts.order == "model":
                     self.reorder(h, ti)
         elif isinstance(a, lt.save_resume_data_alert):
+            self.saved_have = list(a.params.have_pieces)
             try:
                 self.state.write_resume(a.params)
                 self.resume_error = None
@@ -517,7 +405,13 @@ class _Job:
 
     def finish(self, lt, h, st) -> DownloadResult:
         self.progress.done("download")
-        self.stop_with_resume(lt, h)
+        # the last piece may still be in flight to the disk: save until the resume data agrees
+        for _ in range(25):
+            self.stop_with_resume(lt, h)
+            have = self.saved_have
+            if all(i < len(have) and have[i] for i in self.wanted_pieces):
+                break
+            time.sleep(0.2)
         ti = h.torrent_file()
         fs = ti.layout()
         wanted = [i for i, w in enumerate(self.sel.wanted) if w]

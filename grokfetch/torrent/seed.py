@@ -182,6 +182,7 @@ def seed(folder: Path | str, torrent: Path | str | None = None, *, listen: str =
             saved[sig] = signal.signal(sig, lambda s, f: stopped.append(s))
     try:
         with Seeder(folder, torrent, listen, net=net, trackers=_preset_trackers(folder, torrent)) as s:
+            progress.task("seed", None, f"seeding {s.ti.name()}")
             progress.event("status", text=f"seeding {s.ti.name()} on port {s.port}", port=s.port,
                            infohash=s.infohash, state="seeding")
             total = s.ti.total_size()

@@ -129,9 +129,13 @@ def resolve(source: str | Path | None, dest: Path) -> Source:
 
 
 def torrent_bytes(ti) -> bytes:
-    """Bencoded .torrent of a ``torrent_info`` (``write_torrent_file_buf`` crashes in 2.1.1)."""
+    """Bencoded .torrent of a ``torrent_info`` (``write_torrent_file_buf`` crashes in 2.1.1).
+
+    v2/hybrid metadata received from peers has no piece layers yet; they are not needed to
+    resume (libtorrent fetches them again), so their absence must not fail the save.
+    """
     import libtorrent as lt
 
     atp = lt.add_torrent_params()
     atp.ti = ti
-    return lt.bencode(lt.write_torrent_file(atp))
+    return lt.bencode(lt.write_torrent_file(atp, lt.write_flags.allow_missing_piece_layer))
