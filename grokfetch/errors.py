@@ -82,12 +82,14 @@ class UnsafePickleError(CheckpointError):
 class InsufficientSpaceError(GrokfetchError):
     """Not enough free disk space for what is about to be written."""
 
-    def __init__(self, path: Path | str, needed: int, free: int):
+    def __init__(self, path: Path | str, needed: int, free: int, *, hint: str | None = None):
+        from grokfetch.fsutil import human_bytes  # fsutil imports this module
+
         self.path, self.needed, self.free = Path(path), needed, free
         super().__init__(
-            f"not enough free space in {path}: need {needed / 1e9:.2f} GB, "
-            f"{free / 1e9:.2f} GB free",
-            hint="free some space or choose another folder (--force skips this check)")
+            f"not enough free space in {path}: need {human_bytes(needed)} ({needed:,} bytes), "
+            f"{human_bytes(free)} ({free:,} bytes) free",
+            hint=hint or "free some space or choose another folder (--force skips this check)")
 
 
 class CheckFailed(GrokfetchError):

@@ -8,6 +8,7 @@ leaves an output that looks complete. Paths that come from torrents or manifests
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 from collections.abc import Iterator
@@ -129,9 +130,9 @@ def parse_size(text: str | int | None) -> int | None:
     else:
         factor = 1
     try:
-        value = float(s)
+        value = float(s) * factor
     except ValueError:
         raise UsageError(f"bad size {text!r}; use bytes or a K/M/G suffix, e.g. 50G") from None
-    if value < 0:
-        raise UsageError(f"bad size {text!r}: negative")
-    return int(value * factor)
+    if not math.isfinite(value) or value < 0 or value > 2**62:
+        raise UsageError(f"bad size {text!r}: must be a finite, non-negative number of bytes")
+    return int(value)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -22,6 +23,7 @@ from typing import Any
 
 from grokfetch.errors import ConfigError, UsageError
 
+_NAME_OK = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 CONFIG_FILENAME = "model-config.json"
 CONFIG_FORMAT = "grokfetch-model-config"
 TENSOR_DIR = "ckpt-0"
@@ -57,7 +59,12 @@ class ModelConfig:
     unk_token_id: int = 3
 
     def __post_init__(self) -> None:
-        problems = []
+        if not _NAME_OK.fullmatch(str(self.name)):
+            # The name becomes part of output file names: keep it a plain file-name word.
+            raise ConfigError(repr(self.name), "name must be letters, digits, '.', '_' or '-'")
+        problems = [p for f in dataclasses.fields(self) if (p := _number_problem(f, getattr(self, f.name)))]
+        if problems:  # the divisibility checks below need sane numbers
+            raise ConfigError(self.name, "; ".join(problems))
         if self.num_q_heads % self.num_kv_heads:
             problems.append("num_q_heads must be a multiple of num_kv_heads")
         if self.key_size % 2:
@@ -102,11 +109,26 @@ class ModelConfig:
             raise ConfigError(source, f"unknown keys {sorted(unknown)}")
         try:
             cfg = cls(**raw)
-        except TypeError as exc:
+        except ConfigError as exc:
+            raise ConfigError(source, exc.problem) from None
+        except (TypeError, ValueError) as exc:
             raise ConfigError(source, str(exc)) from None
         if derived_ffn is not None and derived_ffn != cfg.ffn_size:
             raise ConfigError(source, f"ffn_size {derived_ffn} disagrees with the rule ({cfg.ffn_size})")
         return cfg
+
+
+def _number_problem(f: dataclasses.Field, value: Any) -> str | None:
+    """What is wrong with a numeric config field (fields are ``int`` or ``float``), if anything."""
+    if f.type not in ("int", "float"):
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return f"{f.name} must be a number, not {value!r}"
+    if f.type == "int" and not isinstance(value, int):
+        return f"{f.name} must be a whole number, not {value!r}"
+    if f.name.endswith("_token_id"):
+        return None if value >= 0 else f"{f.name} must not be negative"
+    return None if value > 0 else f"{f.name} must be positive, not {value!r}"
 
 
 GROK_1 = ModelConfig(
@@ -472,6 +494,8 @@ def parse_layers(text: str | None, num_layers: int) -> list[int] | None:
                 lo, hi = (int(x) for x in part.split("-", 1))
                 if hi < lo:
                     raise ValueError
+                if lo < 0 or hi >= num_layers:  # before expanding: "0-99999999999" is one line
+                    raise UsageError(f"layers {lo}-{hi} out of range 0-{num_layers - 1}")
                 layers.update(range(lo, hi + 1))
             else:
                 layers.add(int(part))

@@ -56,3 +56,22 @@ def test_free_space_check(tmp_path):
     with pytest.raises(InsufficientSpaceError, match="need"):
         check_free_space(tmp_path, 10**18)
     check_free_space(tmp_path, 10**18, force=True)
+
+
+@pytest.mark.parametrize("bad", ["inf", "nan", "1e400", "-5", "1e30G"])
+def test_parse_size_rejects_non_finite(bad):
+    with pytest.raises(UsageError):
+        parse_size(bad)
+
+
+def test_atomic_file_cleans_up_when_the_flush_fails(tmp_path, monkeypatch):
+    target = tmp_path / "out.bin"
+
+    def fail(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", fail)
+    with pytest.raises(OSError):
+        with atomic_file(target) as f:
+            f.write(b"x" * 10)
+    assert not target.exists() and not (tmp_path / "out.bin.partial").exists()

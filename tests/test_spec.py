@@ -162,3 +162,20 @@ def test_bad_config_and_preset(tmp_path):
         load_config(tmp_path)
     with pytest.raises(ConfigError, match="num_kv_heads"):
         ModelConfig(**{**PRESETS["tiny"].__dict__, "num_kv_heads": 5})
+
+
+@pytest.mark.parametrize("change", [{"name": "../../evil"}, {"name": ""}, {"num_kv_heads": 0},
+                                    {"scale_row_blocks": 0}, {"emb_size": -256}, {"rope_base": float("inf")},
+                                    {"num_layers": 2.5}, {"vocab_size": "1024"}, {"pad_token_id": -1}])
+def test_config_json_is_validated(tmp_path, change):
+    data = PRESETS["tiny"].to_json()
+    data["config"].pop("ffn_size")
+    data["config"].update(change)
+    (tmp_path / "model-config.json").write_text(json.dumps(data))
+    with pytest.raises(ConfigError):
+        load_config(tmp_path)
+
+
+def test_parse_layers_checks_range_before_expanding():
+    with pytest.raises(UsageError, match="out of range"):
+        parse_layers("0-99999999999", 64)

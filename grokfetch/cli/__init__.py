@@ -30,7 +30,6 @@ app = typer.Typer(
 )
 
 
-
 def _version(value: bool) -> None:
     if value:
         from grokfetch import __version__
