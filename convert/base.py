@@ -53,6 +53,7 @@ Library code never prints: progress goes to the ``progress`` argument and errors
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -71,6 +72,18 @@ DEFAULT_CHUNK_BYTES = 16 * 1024 * 1024
 DEFAULT_SHARD_SIZE = 5_000_000_000
 #: The progress key of the per-tensor bar (reused for every tensor).
 TENSOR_TASK = "tensor"
+#: What an output base name (``--name``, or one made from the config's ``name``) may look like:
+#: one plain file name, never a path.
+SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def check_output_name(name: str, what: str = "--name") -> str:
+    """``name`` when it is a safe single file name (:data:`SAFE_NAME`, not ``.`` or ``..``);
+    else :class:`UsageError`."""
+    if not SAFE_NAME.fullmatch(name) or name in (".", ".."):
+        raise UsageError(f"bad {what} {name!r}: use letters, digits, '.', '_' and '-' only "
+                         "(a file name, not a path)")
+    return name
 
 
 @dataclass(frozen=True)
@@ -124,6 +137,8 @@ class ConvertOptions:
                                  f"0-{config.num_experts - 1}")
         if layers is not None and any(not 0 <= x < config.num_layers for x in layers):
             raise UsageError(f"layers out of range 0-{config.num_layers - 1}")
+        if self.name is not None:
+            check_output_name(self.name)
         return self.replace(layers=layers, experts=experts,
                             chunk_bytes=self.chunk_bytes or DEFAULT_CHUNK_BYTES)
 

@@ -30,8 +30,15 @@ import numpy as np
 from gguf import GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType, GGUFValueType, GGUFWriter, Keys, TokenType
 from gguf.gguf_writer import WriterState
 
-from convert.base import TENSOR_TASK, OutputFile, OutputItem, Target
-from convert.gguf_read import iter_params, open_gguf  # noqa: F401  (re-exported for smoke)
+from convert.base import TENSOR_TASK, OutputFile, OutputItem, Target, check_output_name
+from convert.gguf_read import (  # noqa: F401  (iter_params, open_gguf: re-exported for smoke)
+    ARCH,
+    KEY_SCHEME,
+    KEY_SOURCE_EXPERTS,
+    KEY_SOURCE_LAYERS,
+    iter_params,
+    open_gguf,
+)
 from convert.output import ordered_map
 from convert.quant import (
     BF16,
@@ -42,14 +49,12 @@ from convert.quant import (
     tensor_type,
     type_nbytes,
 )
+from grokfetch.checkpoint.reader import TOKENIZER_FILENAME
 from grokfetch.errors import UsageError
+from grokfetch.fsutil import file_sha256
 from grokfetch.spec import ModelConfig, TensorSpec
 
-ARCH = "grok"
 ALIGN = GGUF_DEFAULT_ALIGNMENT
-KEY_SOURCE_LAYERS = "grokfetch.source_layers"
-KEY_SOURCE_EXPERTS = "grokfetch.source_experts"
-KEY_SCHEME = "grokfetch.scheme"
 
 
 @dataclass(frozen=True)
@@ -219,9 +224,9 @@ class GGUFTarget(Target, name="gguf"):
         check_available({t.qtype for t in self.tensors})
         tok = self.tokenizer_path or self.ckpt.layout.tokenizer
         if tok is None:
-            raise UsageError("no tokenizer.model", hint="pass --tokenizer FILE")
+            raise UsageError(f"no {TOKENIZER_FILENAME}", hint="pass --tokenizer FILE")
         self.vocab = load_vocab(Path(tok), self.config.vocab_size)
-        self.tokenizer_sha = hashlib.sha256(Path(tok).read_bytes()).hexdigest()
+        self.tokenizer_sha = file_sha256(tok)
 
     def _tensor_plans(self) -> list[TensorPlan]:
         cfg, out = self.config, self.out_config
@@ -244,7 +249,10 @@ class GGUFTarget(Target, name="gguf"):
         return plans
 
     def _stem(self) -> str:
-        return self.options.name or f"{self.out_config.name}-{self.scheme.name}"
+        if self.options.name:
+            return check_output_name(self.options.name)
+        return check_output_name(f"{self.out_config.name}-{self.scheme.name}",
+                                 "model name (model-config.json)")
 
     def _groups(self) -> list[list[TensorPlan]]:
         limit = self.options.split_size

@@ -15,19 +15,26 @@ layers the file does not hold are skipped.
 from __future__ import annotations
 
 import re
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import ml_dtypes
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFReader
+from gguf import GGMLQuantizationType, GGUFReader, Keys
 
 from convert.quant import dequantize_bytes
 from grokfetch.errors import CheckpointError, NotFoundError
 from grokfetch.spec import TensorSpec, TensorTable
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
+#: ``general.architecture`` of the files grokfetch writes (llama.cpp's ``grok``).
+ARCH = "grok"
+KEY_BLOCK_COUNT = Keys.LLM.BLOCK_COUNT.format(arch=ARCH)
+KEY_SOURCE_LAYERS = "grokfetch.source_layers"
+KEY_SOURCE_EXPERTS = "grokfetch.source_experts"
+KEY_SCHEME = "grokfetch.scheme"
 _SPLIT = re.compile(r"^(?P<stem>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 
 
@@ -59,6 +66,14 @@ def field_value(reader: GGUFReader, key: str, default: Any = None) -> Any:
     return default if f is None else f.contents()
 
 
+def _open_reader(path: Path) -> GGUFReader:
+    """gguf-py's reader, with a damaged or foreign file as one :class:`CheckpointError`."""
+    try:
+        return GGUFReader(path, "r")
+    except (ValueError, IndexError, KeyError, OverflowError, struct.error) as exc:
+        raise CheckpointError(path, f"not a valid GGUF: {exc}") from None
+
+
 class GGUFModel:
     """All tensors and the metadata of a (split) GGUF, memory-mapped."""
 
@@ -67,14 +82,14 @@ class GGUFModel:
         for p in self.paths:
             if not p.is_file():
                 raise NotFoundError(p, "GGUF split file")
-        self.readers = [GGUFReader(p, "r") for p in self.paths]
+        self.readers = [_open_reader(p) for p in self.paths]
         first = self.readers[0]
-        count = field_value(first, "split.count", 1)
+        count = field_value(first, Keys.Split.LLM_KV_SPLIT_COUNT, 1)
         if count != len(self.readers):
             raise CheckpointError(self.paths[0], "split.count disagrees with the files found",
                                   expected=count, actual=len(self.readers))
         self.tensors = {t.name: t for r in self.readers for t in r.tensors}
-        total = field_value(first, "split.tensors.count", len(self.tensors))
+        total = field_value(first, Keys.Split.LLM_KV_SPLIT_TENSORS_COUNT, len(self.tensors))
         if total != len(self.tensors):
             raise CheckpointError(self.paths[0], "split.tensors.count disagrees with the tensors",
                                   expected=total, actual=len(self.tensors))
@@ -84,10 +99,13 @@ class GGUFModel:
         return field_value(self.reader, key, default)
 
     @property
+    def block_count(self) -> int:
+        return int(self.get(KEY_BLOCK_COUNT, 0))
+
+    @property
     def source_layers(self) -> list[int]:
-        n = int(self.get("grok.block_count", 0))
-        v = self.get("grokfetch.source_layers")
-        return [int(x) for x in v] if v is not None else list(range(n))
+        v = self.get(KEY_SOURCE_LAYERS)
+        return [int(x) for x in v] if v is not None else list(range(self.block_count))
 
     def array(self, name: str) -> np.ndarray:
         """A tensor in GGUF numpy shape: bf16 for BF16, float32 otherwise."""
@@ -104,15 +122,17 @@ def open_gguf(out: Path | str) -> GGUFModel:
     return GGUFModel(out)
 
 
-def iter_params(out: Path | str, table: TensorTable) -> Iterator[tuple[TensorSpec, np.ndarray, None]]:
-    """Yield ``(spec, array in JAX layout, None)`` for the specs of ``table`` the GGUF holds."""
-    model = GGUFModel(out)
-    n_blocks = int(model.get("grok.block_count", 0))
+def iter_params(out: Path | str | GGUFModel, table: TensorTable,
+                specs: list[TensorSpec] | None = None) -> Iterator[tuple[TensorSpec, np.ndarray, None]]:
+    """Yield ``(spec, array in JAX layout, None)`` for the specs of ``table`` (or ``specs``)
+    that the GGUF holds, in model order. ``out`` is the output folder or an open model."""
+    model = out if isinstance(out, GGUFModel) else GGUFModel(out)
+    n_blocks = model.block_count
     if table.config.num_layers == n_blocks:
         to_block = {i: i for i in range(n_blocks)}
     else:  # a full-model table against a subset file
         to_block = {src: i for i, src in enumerate(model.source_layers)}
-    for spec in table.model_order():
+    for spec in table.model_order(None if specs is None else list(specs)):
         if spec.layer is not None and spec.layer not in to_block:
             continue
         bid = None if spec.layer is None else to_block[spec.layer]

@@ -42,6 +42,7 @@ from convert.jax_layout import (
     plan_arrays,
     source_region,
 )
+from convert.source import OpenSources
 from grokfetch.errors import CheckpointError, UsageError
 from grokfetch.progress import Progress
 from grokfetch.spec import TensorSpec, TensorTable
@@ -227,17 +228,12 @@ class JaxTarget(Target, name="jax"):
 
         ctx = ts.Context()
         batch = _Batch(sink, progress)
-        opened = None
-        try:
+        with OpenSources(source) as sources:
             for item in ofile.items:
                 if sink.done(item.key):
                     continue
                 a: ArrayPlan = item.meta["array"]
-                if opened is None or opened[0] != a.spec.index:
-                    if opened is not None:
-                        opened[1].close()
-                    opened = (a.spec.index, source.open(a.spec))
-                src = opened[1]
+                src = sources.get(a.spec)
                 progress.task(item.key, item.in_bytes, item.key)
                 spec = _array_spec(sink.path, a)
                 store = ts.open(spec, context=ctx, transaction=batch.txn).result()
@@ -252,9 +248,6 @@ class JaxTarget(Target, name="jax"):
                 batch.finished(item.key, a.nbytes)
                 src.release()
             batch.commit()
-        finally:
-            if opened is not None:
-                opened[1].close()
 
     def extra_files(self, out: Path) -> list[str]:
         """Files written outside the planned ones (the root OCDBT database), for the manifest."""

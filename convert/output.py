@@ -7,6 +7,11 @@ never claims more than the disk holds. On a rerun :class:`FileSink` truncates th
 the last committed offset and the target skips the items :meth:`FileSink.done` reports. Because
 every target writes deterministically in plan order, the finished file is byte-identical to an
 uninterrupted run.
+
+Every planned path goes through :func:`grokfetch.fsutil.safe_join`: a sink never writes outside
+its root. :class:`FileSink` hashes what it writes (:class:`verify.manifest.StreamHasher`) so the
+driver's manifest needs no second read of the output; a resumed file hashes its committed prefix
+once when it is reopened.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from grokfetch.fsutil import partial_path, write_atomic
+from grokfetch.fsutil import partial_path, safe_join, write_atomic
+from verify.manifest import StreamHasher
 
 STATE_FILENAME = ".grokfetch-convert-state.json"
 #: A commit is made durable (data fsync + state rewrite) once this many bytes or seconds have
@@ -92,22 +98,28 @@ def _as_bytes(data: bytes | bytearray | memoryview | np.ndarray) -> memoryview:
     return memoryview(data).cast("B")
 
 
+#: Read size when hashing the committed prefix of a resumed file.
+_HASH_BLOCK = 8 * 1024 * 1024
+
+
 class FileSink:
     """An output file being written as ``NAME.partial``; see the module docstring."""
 
     def __init__(self, root: Path, relpath: str, state: ConvertState):
         self.root, self.relpath, self.state = root, relpath, state
-        self.final = root / relpath
+        self.final = safe_join(root, relpath)
         self.partial = partial_path(self.final)
         self.final.parent.mkdir(parents=True, exist_ok=True)
         rec = state.file(relpath)
         self.resumed = bool(rec["items"]) and self.partial.is_file() \
             and self.partial.stat().st_size >= rec["offset"]
         self._pending: dict[str, int] = {}
+        self.hasher = StreamHasher()
         if self.resumed:
             self._f = open(self.partial, "r+b")
             self._f.truncate(rec["offset"])
-            self._f.seek(rec["offset"])
+            while block := self._f.read(_HASH_BLOCK):  # the bytes an earlier run wrote
+                self.hasher.update(block)
         else:
             rec = state.reset_file(relpath)
             self._f = open(self.partial, "wb")
@@ -126,6 +138,7 @@ class FileSink:
             # a different header (should not happen with a matching fingerprint): start over
             self._f.seek(0)
             self._f.truncate(0)
+            self.hasher = StreamHasher()
             self.rec = self.state.reset_file(self.relpath)
             self.resumed = False
         self.write(header)
@@ -141,6 +154,7 @@ class FileSink:
     def write(self, data: bytes | bytearray | memoryview | np.ndarray) -> None:
         mv = _as_bytes(data)
         self._f.write(mv)
+        self.hasher.update(mv)
         self.bytes_written += mv.nbytes
 
     def pad_to(self, alignment: int) -> None:
@@ -181,6 +195,10 @@ class FileSink:
         self.rec["complete"] = True
         self.state.save()
 
+    def manifest_entry(self) -> dict[str, Any]:
+        """The manifest entry (``verify.manifest`` format) of everything written to the file."""
+        return self.hasher.entry(self.relpath)
+
     def close(self) -> None:
         """Close without renaming (the partial stays for a resume)."""
         if not self._f.closed:
@@ -196,7 +214,7 @@ class DirSink:
 
     def __init__(self, root: Path, relpath: str, state: ConvertState):
         self.root, self.relpath, self.state = root, relpath, state
-        self.final = root / relpath
+        self.final = safe_join(root, relpath)
         self.path = partial_path(self.final)
         rec = state.file(relpath)
         self.resumed = bool(rec["items"]) and self.path.is_dir()
@@ -223,6 +241,10 @@ class DirSink:
         fsync_dir(self.final.parent)
         self.rec["complete"] = True
         self.state.save()
+
+    def manifest_entry(self) -> None:
+        """None: the target writes the files itself; the driver hashes them from disk."""
+        return None
 
     def close(self) -> None:
         pass

@@ -23,9 +23,10 @@ from convert.output import STATE_FILENAME, ConvertState, DirSink, FileSink
 from convert.source import SourceProvider
 from grokfetch.checkpoint.reader import TOKENIZER_FILENAME, Checkpoint, open_checkpoint
 from grokfetch.errors import CheckpointError, NotFoundError, OutputExistsError, UsageError
-from grokfetch.fsutil import atomic_file, check_free_space, partial_path, write_atomic
+from grokfetch.fsutil import atomic_file, check_free_space, check_relpath, partial_path, safe_join
 from grokfetch.progress import NULL_PROGRESS, Progress
 from grokfetch.spec import CONFIG_FILENAME, TensorSpec
+from verify.manifest import MANIFEST_NAME, StreamHasher, build_manifest, write_manifest
 
 TOTAL_KEY = "convert"
 
@@ -102,22 +103,6 @@ def peak_rss_bytes() -> int:
     return ru if sys.platform == "darwin" else ru * 1024
 
 
-def _manifest_module():
-    try:
-        from verify import manifest  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return manifest if hasattr(manifest, "write_manifest") else None
-
-
-def _manifest_name() -> str:
-    mod = _manifest_module()
-    for attr in ("MANIFEST_FILENAME", "MANIFEST_NAME", "DEFAULT_NAME"):
-        if mod is not None and isinstance(getattr(mod, attr, None), str):
-            return getattr(mod, attr)
-    return "manifest.json"
-
-
 def _find_tokenizer(ckpt: Checkpoint, options: ConvertOptions, poll: float = 1.0) -> Path:
     """``--tokenizer`` or the checkpoint's ``tokenizer.model`` (waited for under ``--wait``)."""
     if options.tokenizer is not None:
@@ -148,16 +133,17 @@ def _check_inputs(ckpt: Checkpoint, specs: list[TensorSpec]) -> None:
 
 
 def _owned_names(target: Target, files: list[OutputFile]) -> list[str]:
-    names = [f.relpath for f in files] + [CONFIG_FILENAME, TOKENIZER_FILENAME, _manifest_name(),
+    names = [f.relpath for f in files] + [CONFIG_FILENAME, TOKENIZER_FILENAME, MANIFEST_NAME,
                                           STATE_FILENAME]
     return names + [partial_path(Path(n)).as_posix() for n in names]
 
 
 def _clear_outputs(out: Path, target: Target, files: list[OutputFile]) -> None:
     """``--force``: remove what this conversion would write, plus stale outputs of its kind."""
-    victims = {out / n for n in _owned_names(target, files)}
+    victims = {safe_join(out, n) for n in _owned_names(target, files)}
     for pattern in getattr(target, "stale_patterns", ()):
-        victims.update(out.glob(pattern))
+        # a glob match is a direct child of OUT; a symlink is unlinked, never followed
+        victims.update(p for p in out.glob(pattern) if p.parent == out)
     for p in victims:
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)
@@ -211,10 +197,13 @@ def convert(ckpt_dir: Path | str, out: Path | str, options: ConvertOptions, *,
     target.tokenizer_path = tokenizer
     target.validate()
     files = target.plan()
+    for f in files:  # nothing planned may leave OUT (names can come from model-config.json)
+        check_relpath(f.relpath, out)
     fingerprint = {"target": target.fingerprint(), "files": [f.fingerprint() for f in files]}
     state, resumed, created = _prepare_out(out, target, files, fingerprint, options.force)
 
-    todo = [f for f in files if not (state.is_complete(f.relpath) and (out / f.relpath).exists())]
+    todo = [f for f in files
+            if not (state.is_complete(f.relpath) and safe_join(out, f.relpath).exists())]
     have = sum(state.files.get(f.relpath, {}).get("offset", 0) for f in todo)
     needed = sum(f.nbytes for f in todo) - have + tokenizer.stat().st_size + (1 << 20)
     check_free_space(out if out.exists() else out.parent, needed, force=options.force)
@@ -226,6 +215,7 @@ def convert(ckpt_dir: Path | str, out: Path | str, options: ConvertOptions, *,
     progress.task(TOTAL_KEY, total_in, f"{options.target} → {out.name}")
     source = SourceProvider(ckpt, options.experts, wait=options.wait,
                             wait_timeout=options.wait_timeout, progress=progress)
+    hashed: dict[str, dict[str, Any]] = {}  # manifest entries of the files written in this run
     try:
         for f in files:
             if f not in todo:
@@ -240,7 +230,10 @@ def convert(ckpt_dir: Path | str, out: Path | str, options: ConvertOptions, *,
                 sink.finish()
             finally:
                 sink.close()
-            progress.event("file", path=f.relpath, bytes=(out / f.relpath).stat().st_size
+            entry = sink.manifest_entry()
+            if entry is not None:
+                hashed[f.relpath] = entry
+            progress.event("file", path=f.relpath, bytes=sink.final.stat().st_size
                            if f.kind == "file" else f.nbytes)
     except (CheckpointError, UsageError):
         if created:
@@ -249,16 +242,18 @@ def convert(ckpt_dir: Path | str, out: Path | str, options: ConvertOptions, *,
                 shutil.rmtree(out)
         raise
 
-    write_atomic(out / CONFIG_FILENAME, json.dumps(target.out_config.to_json(), indent=2) + "\n")
-    with atomic_file(out / TOKENIZER_FILENAME) as fh, open(tokenizer, "rb") as src:
-        shutil.copyfileobj(src, fh)
-    manifest_path = _write_manifest(out, _manifest_files(out, target, files), progress)
+    body = (json.dumps(target.out_config.to_json(), indent=2) + "\n").encode()
+    hashed[CONFIG_FILENAME] = _write_hashed(out, CONFIG_FILENAME, [body])
+    with open(tokenizer, "rb") as src:
+        hashed[TOKENIZER_FILENAME] = _write_hashed(out, TOKENIZER_FILENAME,
+                                                   iter(lambda: src.read(1 << 20), b""))
+    manifest_path = _write_manifest(out, _manifest_files(out, target, files), hashed, progress)
     state.remove()
     progress.done(TOTAL_KEY)
 
     out_files = []
     for f in files:
-        p = out / f.relpath
+        p = safe_join(out, f.relpath)
         size = p.stat().st_size if p.is_file() else sum(
             q.stat().st_size for q in p.rglob("*") if q.is_file())
         out_files.append({"path": f.relpath, "bytes": size, "tensors": len(f.items)})
@@ -281,7 +276,7 @@ def _manifest_files(out: Path, target: Target, files: list[OutputFile]) -> list[
     tokenizer."""
     rels: list[str] = []
     for f in files:
-        p = out / f.relpath
+        p = safe_join(out, f.relpath)
         if p.is_dir():
             rels += sorted(q.relative_to(out).as_posix() for q in p.rglob("*") if q.is_file())
         else:
@@ -291,10 +286,23 @@ def _manifest_files(out: Path, target: Target, files: list[OutputFile]) -> list[
                                                                       TOKENIZER_FILENAME]
 
 
-def _write_manifest(out: Path, files: list[str], progress: Progress) -> Path | None:
-    mod = _manifest_module()
-    if mod is None:
-        progress.event("warning", message="verify.manifest is not available: no output manifest written")
-        return None
-    res = mod.write_manifest(out, files=files, progress=progress)
-    return Path(res) if isinstance(res, (str, Path)) else getattr(res, "path", None)
+def _write_hashed(out: Path, relpath: str, blocks) -> dict[str, Any]:
+    """Write ``blocks`` to ``out/relpath`` atomically; return the file's manifest entry."""
+    hasher = StreamHasher()
+    with atomic_file(safe_join(out, relpath)) as fh:
+        for block in blocks:
+            fh.write(block)
+            hasher.update(block)
+    return hasher.entry(relpath)
+
+
+def _write_manifest(out: Path, files: list[str], hashed: dict[str, dict[str, Any]],
+                    progress: Progress) -> Path:
+    """The output manifest of ``files``: entries hashed while writing where this run wrote the
+    file, the rest (outputs finished by an earlier run, files a target writes itself) read from
+    disk once."""
+    rest = [rel for rel in files if rel not in hashed]
+    entries = [hashed[rel] for rel in files if rel in hashed]
+    if rest:
+        entries += build_manifest(out, rest, progress=progress)["files"]
+    return write_manifest(out, entries=entries, progress=progress)

@@ -19,6 +19,7 @@ smoke test.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,12 +29,14 @@ import numpy as np
 
 from convert.base import OutputFile, OutputItem, Target
 from convert.safetensors_header import encode_header, plan_shards, shard_names
-from convert.source import SourceTensor
+from convert.source import OpenSources
 from convert.st_tensors import DTYPES, LAYOUTS, LM_HEAD, StEntry, entry_chunks, plan_entries, scale_name
-from grokfetch.errors import CheckpointError, UsageError
+from grokfetch.errors import CheckpointError, UnsafePathError, UsageError
+from grokfetch.fsutil import safe_join
 from grokfetch.progress import Progress
 from grokfetch.spec import ModelConfig, TensorSpec, TensorTable
 
+#: The index file of a sharded safetensors output (import it rather than spelling it out).
 INDEX_NAME = "model.safetensors.index.json"
 HF_CONFIG_NAME = "config.json"
 ST_METADATA = {"format": "pt"}
@@ -136,17 +139,12 @@ class SafetensorsTarget(Target, name="safetensors"):
 
     def write_file(self, ofile: OutputFile, sink, source, progress: Progress) -> None:
         sink.begin(ofile.meta["header"])
-        opened: tuple[int, SourceTensor] | None = None
-        try:
+        with OpenSources(source) as sources:
             for item in ofile.items:
                 if sink.done(item.key):
                     continue
                 entry: StEntry = item.meta["entry"]
-                if opened is None or opened[0] != entry.spec.index:
-                    if opened is not None:
-                        opened[1].close()
-                    opened = (entry.spec.index, source.open(entry.spec))
-                src = opened[1]
+                src = sources.get(entry.spec)
                 progress.task(item.key, item.in_bytes, item.key)
                 written = since_release = 0
                 for chunk in entry_chunks(entry, src, self.options.chunk_bytes, self.options.workers):
@@ -163,9 +161,6 @@ class SafetensorsTarget(Target, name="safetensors"):
                 sink.commit(item.key)
                 progress.done(item.key)
                 src.release()
-        finally:
-            if opened is not None:
-                opened[1].close()
 
     def summary(self) -> dict[str, Any]:
         return {"layout": self.options.layout, "dtype": self.options.dtype,
@@ -184,14 +179,25 @@ def _in_bytes(e: StEntry) -> int:
 
 
 def read_index(out: Path) -> dict[str, Any]:
-    """The parsed ``model.safetensors.index.json`` of an output."""
+    """The parsed ``model.safetensors.index.json`` of an output, checked: a ``weight_map`` of
+    tensor names to shard files inside ``out`` (anything else is a :class:`CheckpointError`)."""
     path = Path(out) / INDEX_NAME
     try:
-        return json.loads(path.read_text())
+        index = json.loads(path.read_text())
     except FileNotFoundError:
         raise CheckpointError(path, "not a grokfetch safetensors output (no index)") from None
     except ValueError as exc:
         raise CheckpointError(path, f"unreadable index: {exc}") from None
+    wm = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(wm, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                           for k, v in wm.items()):
+        raise CheckpointError(path, "bad index: no weight_map of tensor names to file names")
+    for fname in set(wm.values()):
+        try:
+            safe_join(out, fname)
+        except UnsafePathError as exc:
+            raise CheckpointError(path, f"bad index: shard {fname!r} {exc.why}") from None
+    return index
 
 
 def iter_params(out: Path, table: TensorTable
@@ -214,15 +220,17 @@ def iter_params(out: Path, table: TensorTable
     index = read_index(out)
     layout = index.get("metadata", {}).get("layout", "hf")
     weight_map: dict[str, str] = index["weight_map"]
-    handles: dict[str, Any] = {}
 
-    def get(name: str) -> np.ndarray:
-        fname = weight_map[name]
-        if fname not in handles:
-            handles[fname] = safe_open(str(out / fname), framework="numpy")
-        return handles[fname].get_tensor(name)
+    with contextlib.ExitStack() as stack:
+        handles: dict[str, Any] = {}
 
-    try:
+        def get(name: str) -> np.ndarray:
+            fname = weight_map[name]
+            if fname not in handles:
+                handles[fname] = stack.enter_context(
+                    safe_open(str(safe_join(out, fname)), framework="numpy"))
+            return handles[fname].get_tensor(name)
+
         for spec in table.model_order():
             namer = spec.hf_name if layout == "hf" else spec.sglang_name
             names = [namer(e) for e in range(spec.shape[0])] if spec.per_expert else [namer()]
@@ -238,8 +246,6 @@ def iter_params(out: Path, table: TensorTable
             w = np.stack(ws) if spec.per_expert else ws[0]
             s = None if ss is None else (np.stack(ss) if spec.per_expert else ss[0])
             yield spec, w, s
-    finally:
-        handles.clear()
 
 
 def lm_head(out: Path) -> np.ndarray | None:
@@ -250,5 +256,5 @@ def lm_head(out: Path) -> np.ndarray | None:
     fname = index["weight_map"].get(LM_HEAD)
     if fname is None:
         return None
-    with safe_open(str(Path(out) / fname), framework="numpy") as f:
+    with safe_open(str(safe_join(Path(out), fname)), framework="numpy") as f:
         return f.get_tensor(LM_HEAD)

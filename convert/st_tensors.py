@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from convert.safetensors_header import StTensor
-from convert.source import SourceTensor
+from convert.source import SourceTensor, blocked_transpose
 from grokfetch.checkpoint.reader import BF16
 from grokfetch.spec import ModelConfig, TensorSpec, TensorTable
 
@@ -35,7 +35,7 @@ DTYPES = ("bf16", "int8")
 SCALE_SUFFIX = "_scale"
 LM_HEAD = "lm_head.weight"
 #: Rows per strip of the blocked transpose (the fastest of 64-1024 tried for int8 here).
-_STRIP = 64
+TRANSPOSE_STRIP = 64
 
 
 @dataclass(frozen=True)
@@ -90,15 +90,6 @@ def plan_entries(specs: Sequence[TensorSpec], out_config: ModelConfig, layer_map
     return entries
 
 
-def transpose(src: np.ndarray) -> np.ndarray:
-    """A contiguous copy of a 2-D array's transpose, in row strips (~3× numpy's plain ``.T``
-    copy on a memory-mapped int8 matrix)."""
-    out = np.empty((src.shape[1], src.shape[0]), src.dtype)
-    for r in range(0, src.shape[0], _STRIP):
-        out[:, r:r + _STRIP] = src[r:r + _STRIP].T
-    return out
-
-
 def dequantize_t(q_t: np.ndarray, s_t: np.ndarray) -> np.ndarray:
     """bf16 of ``q_t × scale`` for a transposed block: ``q_t`` int8 (c, in), ``s_t`` (c, blocks).
 
@@ -139,13 +130,14 @@ def _chunk_jobs(entry: StEntry, src: SourceTensor, chunk_bytes: int) -> list:
     w = src.weight if src_e is None else src.weight[src_e]
     s = src.scales if src_e is None else src.scales[src_e]  # type: ignore[index]
     if entry.part == "scale":
-        return [lambda: transpose(s)]  # (blocks, out) -> (out, blocks)
+        return [lambda: blocked_transpose(s, block=TRANSPOSE_STRIP)]  # (blocks, out) -> (out, blocks)
     n_in, n_out = w.shape
     cols = max(1, chunk_bytes // (n_in * 4))
     int8 = entry.tensor.dtype == "I8"
 
     def block(c0: int) -> np.ndarray:
-        q_t = transpose(w[:, c0:c0 + cols])
-        return q_t if int8 else dequantize_t(q_t, transpose(s[:, c0:c0 + cols]))
+        q_t = blocked_transpose(w[:, c0:c0 + cols], block=TRANSPOSE_STRIP)
+        return q_t if int8 else dequantize_t(
+            q_t, blocked_transpose(s[:, c0:c0 + cols], block=TRANSPOSE_STRIP))
 
     return [lambda c0=c0: block(c0) for c0 in range(0, n_out, cols)]

@@ -87,6 +87,17 @@ def safe_join(root: Path | str, relpath: str, *, must_exist: bool = False) -> Pa
     return target
 
 
+def file_sha256(path: Path | str, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
 def free_bytes(path: Path | str) -> int:
     """Free bytes on the file system that holds ``path`` (or its nearest existing parent)."""
     p = Path(path).absolute()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 import shutil
 import struct
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -279,3 +281,42 @@ def test_frame_header_is_what_pickletools_sees(tiny_ckpt):
     assert ops[0] == ("PROTO", 4) and ops[1][0] == "FRAME"
     assert ("SHORT_BINUNICODE", "QuantizedWeight8bit") in ops
     assert struct.unpack("<Q", data[3:11])[0] == ops[1][1]
+
+
+OFFICIAL_LOADER = """
+import sys, pickle, glob
+from dataclasses import dataclass
+import numpy as np
+assert np.__version__.startswith("1.26"), np.__version__
+
+@dataclass
+class QuantizedWeight8bit:  # as the official checkpoint.py registers it
+    weight: np.ndarray
+    scales: np.ndarray
+
+sys.modules["__main__"].QuantizedWeight8bit = QuantizedWeight8bit
+kinds = set()
+for path in sorted(glob.glob(sys.argv[1] + "/ckpt-0/tensor*_000")):
+    with open(path, "rb") as f:
+        obj = pickle.load(f)
+    kinds.add(type(obj).__name__ if isinstance(obj, QuantizedWeight8bit) else str(obj.dtype))
+    if isinstance(obj, QuantizedWeight8bit):
+        assert obj.weight.dtype == np.int8 and obj.scales.dtype.name == "bfloat16"
+print(sorted(kinds))
+"""
+
+
+def test_official_numpy_126_environment_loads_the_fixture(tiny_ckpt):
+    """The official requirements pin numpy 1.26.4: our files must load there with plain pickle.
+
+    Runs when GROKFETCH_NUMPY126 names a folder with numpy 1.26 + ml_dtypes installed
+    (``pip install --target DIR numpy==1.26.4 ml_dtypes==0.4.1``; .ci/run does this).
+    """
+    target = os.environ.get("GROKFETCH_NUMPY126")
+    if not target:
+        pytest.skip("set GROKFETCH_NUMPY126 to a pip --target folder with numpy 1.26.4")
+    env = {**os.environ, "PYTHONPATH": target}
+    proc = subprocess.run([sys.executable, "-c", OFFICIAL_LOADER, str(tiny_ckpt)], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "['QuantizedWeight8bit', 'float32']"

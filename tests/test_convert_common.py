@@ -21,12 +21,19 @@ from convert.base import (
     parse_experts,
     subset_config,
 )
-from convert.output import STATE_FILENAME, ConvertState, FileSink, ordered_map
+from convert.output import STATE_FILENAME, ConvertState, DirSink, FileSink, ordered_map
 from convert.run import convert
-from convert.source import SourceProvider, SourceTensor, blocked_transpose
+from convert.source import OpenSources, SourceProvider, SourceTensor, blocked_transpose
 from grokfetch.checkpoint.reader import open_checkpoint
-from grokfetch.errors import CheckpointError, InsufficientSpaceError, OutputExistsError, UsageError
+from grokfetch.errors import (
+    CheckpointError,
+    InsufficientSpaceError,
+    OutputExistsError,
+    UnsafePathError,
+    UsageError,
+)
 from grokfetch.spec import PRESETS
+from verify.manifest import MANIFEST_NAME, build_manifest
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 
@@ -80,7 +87,48 @@ def test_source_expert_subset_and_router_slice(tiny_ckpt):
 
 def test_blocked_transpose_matches_numpy():
     a = np.arange(1000 * 37, dtype=np.int8).reshape(1000, 37)
-    assert np.array_equal(blocked_transpose(a, block=64), a.T)
+    for block in (1, 64, 512, 5000):
+        t = blocked_transpose(a, block=block)
+        assert t.flags.c_contiguous and np.array_equal(t, a.T)
+
+
+class _CountingProvider(SourceProvider):
+    """The real provider, counting opens and closes."""
+
+    def __init__(self, ckpt):
+        super().__init__(ckpt)
+        self.opened: list[int] = []
+        self.live: list[SourceTensor] = []
+
+    def open(self, spec):
+        src = super().open(spec)
+        self.opened.append(spec.index)
+        self.live.append(src)
+        return src
+
+
+def test_open_sources_opens_each_file_once_and_closes(tiny_ckpt):
+    ck = open_checkpoint(tiny_ckpt)
+    a, b = ck.table.get("moe_gate", 1), ck.table.get("norm_attn_in", 1)
+    prov = _CountingProvider(ck)
+    with OpenSources(prov) as sources:
+        first = sources.get(a)
+        assert sources.get(a) is first
+        second = sources.get(b)
+        assert first.weight is None  # the previous file was closed on the switch
+        assert sources.get(b) is second and second.weight is not None
+    assert prov.opened == [a.index, b.index]
+    assert all(s.weight is None and s._tf is None for s in prov.live)
+
+
+def test_source_tensor_maps_the_file_once(tiny_ckpt):
+    ck = open_checkpoint(tiny_ckpt)
+    spec = ck.table.get("moe_down", 0)
+    with SourceTensor(spec, ck.file_path(spec)) as src, ck.open(spec) as tf:
+        assert src._map is src._tf.mapping and src._map is not None
+        assert np.array_equal(src.weight, tf.weight) and np.array_equal(
+            src.scales.view(np.uint16), tf.scales.view(np.uint16))
+    assert src._map is None
 
 
 # --- small helpers ------------------------------------------------------------------------------
@@ -146,6 +194,9 @@ def test_file_sink_resume_truncates_to_last_durable_commit(tmp_path):
     assert (tmp_path / "a.bin").read_bytes() == b"HEADonetwo"
     assert not (tmp_path / "a.bin.partial").exists()
     assert ConvertState.load(tmp_path).is_complete("a.bin")
+    # the resumed sink hashed the bytes of the first run too
+    assert sink.manifest_entry() == {"path": "a.bin",
+                                     **build_manifest(tmp_path, ["a.bin"])["files"][0]}
 
 
 def test_file_sink_restarts_when_header_differs(tmp_path):
@@ -160,6 +211,21 @@ def test_file_sink_restarts_when_header_differs(tmp_path):
     assert not sink.done("x")
     sink.finish()
     assert (tmp_path / "b.bin").read_bytes() == b"NEWHEAD"
+    assert sink.manifest_entry() == build_manifest(tmp_path, ["b.bin"])["files"][0]
+
+
+@pytest.mark.parametrize("relpath", ["../x.bin", "/tmp/x.bin", "a/../../x.bin", "link/x.bin"])
+def test_sinks_refuse_paths_outside_their_root(tmp_path, relpath):
+    root, outside = tmp_path / "out", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (root / "link").symlink_to(outside)
+    state = ConvertState(root, {})
+    for sink_cls in (FileSink, DirSink):
+        with pytest.raises(UnsafePathError):
+            sink_cls(root, relpath, state)
+    assert list(outside.iterdir()) == [] and not (tmp_path / "x.bin").exists()
+    assert sorted(p.name for p in root.iterdir()) == ["link"]
 
 
 # --- a minimal target through the real driver ---------------------------------------------------
@@ -189,6 +255,40 @@ class _NormsTarget(Target, name="test-norms"):
                 sink.write(src.rows(0, item.specs[0].shape[0]))
                 progress.advance(item.key, item.in_bytes)
             sink.commit(item.key)
+
+
+class _EscapingTarget(_NormsTarget, name="test-escape"):
+    """A (buggy or hostile) target that plans a file outside OUT."""
+
+    def plan(self):
+        files = super().plan()
+        files[0].relpath = "../escaped.bin"
+        return files
+
+
+def test_driver_never_writes_or_deletes_outside_out(tiny_ckpt, tmp_path):
+    out, victim = tmp_path / "out", tmp_path / "escaped.bin"
+    victim.write_bytes(b"user data")
+    out.mkdir()
+    (out / "old.bin").write_bytes(b"old")
+    for force in (False, True):
+        with pytest.raises(UnsafePathError):
+            convert(tiny_ckpt, out, ConvertOptions(target="test-escape", layers="1", force=force))
+        assert victim.read_bytes() == b"user data"
+        assert [p.name for p in out.iterdir()] == ["old.bin"]
+
+
+def test_manifest_is_hashed_while_writing(tiny_ckpt, tmp_path, monkeypatch):
+    import convert.run as run
+
+    asked: list[list[str]] = []
+    real = run.build_manifest
+    monkeypatch.setattr(run, "build_manifest", lambda root, files, **kw: asked.append(files)
+                        or real(root, files, **kw))
+    out = tmp_path / "out"
+    convert(tiny_ckpt, out, ConvertOptions(target="test-norms", layers="2,7"))
+    assert asked == []  # every file was hashed as it was written: nothing read back
+    assert json.loads((out / MANIFEST_NAME).read_text()) == build_manifest(out)
 
 
 def test_driver_writes_config_tokenizer_manifest_last(tiny_ckpt, tmp_path):
@@ -296,6 +396,26 @@ def test_wait_times_out_with_clear_error(tiny_ckpt, tmp_path):
     prov = SourceProvider(ck, wait=True, wait_timeout=0.3, poll=0.05)
     with pytest.raises(WaitTimeout, match="tensor00009_000"):
         prov.open(ck.table[9])
+
+
+def test_wait_maps_the_file_it_checked(tiny_ckpt, tmp_path):
+    """Under --wait a full-size file with a bad header is waited on; once good, the source
+    that checked it is the one handed out (no second open)."""
+    from convert.source import WaitTimeout
+
+    dl = tmp_path / "dl"
+    shutil.copytree(tiny_ckpt, dl)
+    victim = dl / "ckpt-0" / "tensor00004_000"
+    good = victim.read_bytes()
+    victim.write_bytes(b"\0" * len(good))  # preallocated by a downloader, not yet written
+    ck = open_checkpoint(dl)
+    prov = SourceProvider(ck, wait=True, wait_timeout=0.3, poll=0.05)
+    with pytest.raises(WaitTimeout, match="bad header"):
+        prov.open(ck.table[4])
+    victim.write_bytes(good)
+    with prov.open(ck.table[4]) as src, ck.open(ck.table[4]) as tf:
+        assert prov.checked_by[ck.table[4].file] == "size+header"
+        assert np.array_equal(src.weight, tf.weight)
 
 
 def test_wait_hash_checks_pieces_when_the_torrent_is_saved(tiny_ckpt, tmp_path):

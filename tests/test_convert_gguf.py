@@ -25,8 +25,9 @@ from convert.output import STATE_FILENAME
 from convert.quant import resolve_scheme
 from convert.run import convert
 from grokfetch.checkpoint.reader import open_checkpoint
-from grokfetch.errors import UsageError
+from grokfetch.errors import CheckpointError, UsageError
 from grokfetch.spec import GROK_1, ModelConfig, TensorTable
+from verify.manifest import MANIFEST_NAME, build_manifest
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 REPO = Path(__file__).resolve().parents[1]
@@ -379,6 +380,70 @@ def test_cli_refusals(tiny_ckpt, tmp_path, run_cli):
     assert sorted(p.name for p in out.glob("*.gguf")) == ["tiny-BF16.gguf"]
 
 
+def _tree(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/b", "/tmp/evil", "..", ".", "x y", ""])
+def test_name_option_cannot_leave_out(tiny_ckpt, tmp_path, run_cli, name):
+    work = tmp_path / "work"
+    work.mkdir()
+    before = _tree(tmp_path)
+    code, _, err = run_cli(["convert", tiny_ckpt, "--to", "gguf", "--out", work / "o",
+                            "--bits", "16", "--name", name, "--force"])
+    errors = [x for x in err.splitlines() if x.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and "--name" in errors[0] and "Traceback" not in err
+    assert _tree(tmp_path) == before and not Path("/tmp/evil.gguf").exists()
+
+
+def test_config_name_cannot_leave_out(tiny_ckpt, tmp_path, run_cli):
+    """A hostile ``model-config.json`` name never becomes a path outside OUT."""
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    (ck / "ckpt-0").symlink_to(tiny_ckpt / "ckpt-0")
+    shutil.copy(tiny_ckpt / "tokenizer.model", ck / "tokenizer.model")
+    doc = json.loads((tiny_ckpt / "model-config.json").read_text())
+    doc["config"]["name"] = "../../evil"
+    (ck / "model-config.json").write_text(json.dumps(doc))
+    out = tmp_path / "a" / "o"
+    before = _tree(tmp_path)
+    code, _, err = run_cli(["convert", ck, "--to", "gguf", "--out", out, "--bits", "16"])
+    assert code == 2 and "name" in err and "Traceback" not in err
+    assert _tree(tmp_path) == before and not (tmp_path / "evil-BF16.gguf").exists()
+
+
+def test_output_stem_is_checked_whatever_the_config_says(tiny_ckpt):
+    """Defence in depth: the GGUF stem is checked even for a config built in code."""
+    import copy
+
+    from convert.gguf import GGUFTarget
+
+    ck = open_checkpoint(tiny_ckpt)
+    target = GGUFTarget(ck, ck.table.select(None), ConvertOptions(bits=16))
+    target.validate()
+    assert target.plan()[0].relpath == "tiny-BF16.gguf"
+    hostile = copy.copy(target.out_config)
+    object.__setattr__(hostile, "name", "../x")  # past ModelConfig's own check
+    target.out_config = hostile
+    with pytest.raises(UsageError, match="model name"):
+        target.plan()
+
+
+def test_manifest_equals_a_fresh_hash_of_the_output(tiny_bf16):
+    out = tiny_bf16.parent
+    assert json.loads((out / MANIFEST_NAME).read_text()) == build_manifest(out)
+
+
+@pytest.mark.parametrize("cut", [0, 3, 100, -100])
+def test_corrupt_gguf_is_one_checkpoint_error(tiny_bf16, tmp_path, cut):
+    bad = tmp_path / "bad.gguf"
+    data = tiny_bf16.read_bytes()
+    bad.write_bytes(data[:cut] if cut else b"not a gguf file at all" * 8)
+    with pytest.raises(CheckpointError, match="not a valid GGUF") as ei:
+        GGUFModel(bad)
+    assert "\n" not in str(ei.value)
+
+
 def test_cli_json_report(tiny_ckpt, tmp_path, run_cli):
     code, stdout, _ = run_cli(["convert", tiny_ckpt, "--to", "gguf", "--out", tmp_path / "j",
                                "--bits", "8", "--json", "-j", "2"])
@@ -445,6 +510,8 @@ def test_interrupted_split_conversion_resumes_to_identical_files(tiny_ckpt, tmp_
     for f in ref.files:
         assert (out / f["path"]).read_bytes() == (tmp_path / "ref" / f["path"]).read_bytes()
     assert not list(out.glob("*.partial"))
+    # files finished before, resumed and fresh ones: the manifest is what hashing OUT gives
+    assert json.loads((out / MANIFEST_NAME).read_text()) == build_manifest(out)
 
 
 def test_wrong_config_or_tokenizer_is_refused(tiny_ckpt, mini_ckpt, tmp_path, run_cli, real_tokenizer):

@@ -16,10 +16,10 @@ from safetensors import safe_open
 
 from convert.base import ConvertOptions
 from convert.run import convert
-from convert.safetensors import HF_CONFIG_NAME, INDEX_NAME, hf_config, iter_params
+from convert.safetensors import HF_CONFIG_NAME, INDEX_NAME, hf_config, iter_params, lm_head
 from convert.safetensors_header import StTensor, encode_header, plan_shards
 from grokfetch.checkpoint.reader import BF16, open_checkpoint
-from grokfetch.errors import OutputExistsError, UsageError
+from grokfetch.errors import CheckpointError, OutputExistsError, UsageError
 from grokfetch.spec import PRESETS, TensorTable, load_config
 
 SHARD = 600_000  # a few shards for the ~8 MB tiny bf16 export
@@ -283,6 +283,37 @@ def test_resume_after_interruption_gives_identical_bytes(tiny_ckpt, tmp_path, ou
     assert report.resumed
     assert _digest(out) == _digest(outputs[("hf", "bf16")])
     assert not list(out.glob("*.partial"))
+    from verify.manifest import MANIFEST_NAME, build_manifest
+
+    assert json.loads((out / MANIFEST_NAME).read_text()) == build_manifest(out)
+
+
+@pytest.mark.parametrize("shard", ["../x.safetensors", "/tmp/x.safetensors", "link/x.safetensors"])
+def test_index_naming_files_outside_the_output_is_refused(outputs, tmp_path, shard):
+    """A crafted index never makes the reader open a file outside OUT."""
+    src = outputs[("sglang", "bf16")]
+    out, outside = tmp_path / "out", tmp_path / "outside"
+    out.mkdir()
+    outside.mkdir()
+    (out / "link").symlink_to(outside)
+    index = json.loads((src / INDEX_NAME).read_text())
+    real = _shards(src)[0]
+    (tmp_path / "x.safetensors").write_bytes(real.read_bytes())  # readable, were it opened
+    (outside / "x.safetensors").write_bytes(real.read_bytes())
+    index["weight_map"] = {k: shard for k in index["weight_map"]}
+    (out / INDEX_NAME).write_text(json.dumps(index))
+    table = TensorTable(load_config(src))
+    for read in (lambda: list(iter_params(out, table)), lambda: lm_head(out)):
+        with pytest.raises(CheckpointError, match="bad index") as ei:
+            read()
+        assert shard in str(ei.value) and "\n" not in str(ei.value)
+
+
+@pytest.mark.parametrize("body", ['{"weight_map": ["a"]}', '{"weight_map": {"a": 3}}', '[1]'])
+def test_malformed_index_is_one_checkpoint_error(tmp_path, body):
+    (tmp_path / INDEX_NAME).write_text(body)
+    with pytest.raises(CheckpointError, match="bad index"):
+        lm_head(tmp_path)
 
 
 def test_worker_threads_give_identical_bytes(tiny_ckpt, tmp_path, outputs):

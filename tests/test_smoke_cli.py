@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from grokfetch.checkpoint.fixture import write_fixture
+from grokfetch.checkpoint.reader import TOKENIZER_FILENAME
 
 BASE = ["--platform", "cpu", "--json", "--max-new-tokens", "3", "--tokens", "5,100,200,300,17,42"]
 
@@ -180,6 +181,59 @@ def test_compare_refuses_another_model(run_cli, tiny_ckpt, tmp_path):
 
 def test_missing_tokenizer_needs_tokens(run_cli, tiny_ckpt, tmp_path):
     shutil.copytree(tiny_ckpt, tmp_path / "c")
-    (tmp_path / "c" / "tokenizer.model").unlink()
+    (tmp_path / "c" / TOKENIZER_FILENAME).unlink()
     code, _, err = run_cli(["smoke", tmp_path / "c", "--gpus", "2", "--platform", "cpu"])
     assert code == 2 and "--tokens" in err
+
+
+def _tiny_gguf_bytes(tmp_path) -> bytes:
+    """A small valid GGUF written by gguf-py itself (header, one KV, one f32 tensor)."""
+    import gguf
+
+    path = tmp_path / "valid.gguf"
+    w = gguf.GGUFWriter(str(path), "grok")
+    w.add_block_count(12)
+    w.add_tensor("token_embd.weight", np.arange(64 * 64, dtype=np.float32).reshape(64, 64))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("damage", ["magic", "truncated", "empty"])
+def test_corrupt_gguf_is_one_error_line(run_cli, tiny_ckpt, tmp_path, damage):
+    good = _tiny_gguf_bytes(tmp_path)
+    data = {"magic": b"XXXX" + good[4:], "truncated": good[: len(good) // 2], "empty": b""}[damage]
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    shutil.copy(tiny_ckpt / "model-config.json", bad)
+    (bad / "model.gguf").write_bytes(data)
+    code, out, err = run_cli(["smoke", bad, "--gpus", "1", "--platform", "cpu", "--tokens", "1,2"])
+    assert code in (1, 2), (out, err)
+    assert "Traceback" not in err and "Traceback" not in out
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "model.gguf" in errors[0] and "GGUF" in errors[0], err
+
+
+@pytest.mark.parametrize("name", ["st-bf16", "jax"])
+def test_damaged_converted_output_is_one_error_line(run_cli, converted, tmp_path, name):
+    """A truncated safetensors shard / overwritten JAX-store data: CheckpointError, no traceback."""
+    if name not in converted:
+        pytest.skip(f"{name} converter not available")
+    out = tmp_path / name
+    shutil.copytree(converted[name], out)
+    if name == "st-bf16":
+        victims = sorted(out.glob("*.safetensors"))
+        for v in victims:
+            v.write_bytes(v.read_bytes()[: v.stat().st_size // 2])
+    else:
+        victims = sorted(p for p in (out / "d").rglob("*") if p.is_file())
+        for v in victims:
+            v.write_bytes(b"\0" * 64)
+    assert victims
+    code, _, err = run_cli(["smoke", out, "--gpus", "1", "--platform", "cpu", "--tokens", "1,2"])
+    assert code == 1, err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "unreadable" in errors[0], err

@@ -18,7 +18,7 @@ import numpy as np
 import numpy_reference as ref
 import pytest
 
-from grokfetch.checkpoint.reader import open_checkpoint
+from grokfetch.checkpoint.reader import TOKENIZER_FILENAME, open_checkpoint
 from grokfetch.errors import CheckpointError, InsufficientMemoryError, UsageError
 from grokfetch.spec import TensorTable, preset
 
@@ -333,9 +333,9 @@ def test_tokenizer_check(real_tokenizer, tiny_ckpt):
 
     grok = preset("grok-1")
     assert check_tokenizer(Tokenizer(real_tokenizer), grok).passed
-    assert check_tokenizer(Tokenizer(tiny_ckpt / "tokenizer.model"), preset("tiny")).passed
+    assert check_tokenizer(Tokenizer(tiny_ckpt / TOKENIZER_FILENAME), preset("tiny")).passed
     # A tokenizer that is not the released one, in front of the real model, fails.
-    bad = check_tokenizer(Tokenizer(tiny_ckpt / "tokenizer.model"), grok)
+    bad = check_tokenizer(Tokenizer(tiny_ckpt / TOKENIZER_FILENAME), grok)
     assert not bad.passed and "sha256" in bad.detail
 
 
@@ -398,3 +398,56 @@ def test_reference_file_formula_matches_doc_table():
     """The reference's own index formula reproduces the doc's layer → file table."""
     assert [ref.file_index(L, "gate", 64) for L in (0, 1, 2, 9, 10, 63)] == [2, 14, 146, 758, 26, 722]
     assert Path(ref.__file__).name == "numpy_reference.py"
+
+
+def test_bf16_moe_rounds_like_the_reference(jax_devices):
+    """grok1-format §3.2 step 10 on one device: y_e in bf16, bf16(g_e)·y_e rounded, bf16 sum.
+
+    The FFN is built so that y_e is a chosen bf16 vector per expert (gelu(16)·1 = 16 exactly at
+    one FFN column, zero elsewhere), so the expected output follows from ml_dtypes roundings
+    alone; a single f32 sum rounded once (the old behaviour) is the negative control.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from grokfetch.smoke.model import moe, router_gates
+
+    cfg = preset("tiny")
+    d, f, e = cfg.emb_size, cfg.ffn_size, cfg.num_experts
+    rng = np.random.default_rng(3)
+    bf = ml_dtypes.bfloat16
+    t = 6
+    h = np.zeros((t, d), np.float32)
+    h[:, 0] = 1.0
+    h[:, 1:] = rng.normal(size=(t, d - 1))  # only the router sees these dims
+    h = h.astype(bf)
+    router = rng.normal(size=(d, e)).astype(np.float32)
+    gate = np.zeros((e, d, f), np.float32)
+    gate[:, 0, 0] = 16.0  # a = 16 at column 0: tanh-GELU(16) == 16 in f32
+    up = np.zeros((e, d, f), np.float32)
+    up[:, 0, 0] = 1.0
+    c = rng.normal(size=(e, d)).astype(bf).astype(np.float32)  # y_e, bf16 values
+    down = np.zeros((e, f, d), np.float32)
+    down[:, 0, :] = c / 16.0
+    p = {"router": {"w": jnp.asarray(router)},
+         "moe_gate": {"w": jnp.asarray(gate.astype(bf))}, "moe_up": {"w": jnp.asarray(up.astype(bf))},
+         "moe_down": {"w": jnp.asarray(down.astype(bf))}}
+    with jax.default_device(jax_devices[0]):
+        got = np.asarray(jax.jit(lambda h, p: moe(h, p, cfg, jnp.bfloat16, None))(jnp.asarray(h), p))
+        g = np.asarray(router_gates(jnp.asarray(h), jnp.asarray(router), cfg))
+    assert got.dtype == bf
+    g16 = g.astype(bf).astype(np.float32)
+
+    def r(x):
+        return np.asarray(x, np.float32).astype(bf).astype(np.float32)
+
+    want = np.zeros((t, d), np.float32)
+    once = np.zeros((t, d), np.float32)
+    for row in range(t):
+        sel = np.flatnonzero(g[row])
+        assert len(sel) == cfg.num_selected_experts
+        terms = [r(g16[row, k] * c[k]) for k in sel]
+        want[row] = r(terms[0] + terms[1])
+        once[row] = r(sum(g16[row, k].astype(np.float64) * c[k] for k in sel))
+    assert np.array_equal(got.astype(np.float32), want)
+    assert not np.array_equal(want, once)  # the two roundings are distinguishable here

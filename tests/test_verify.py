@@ -283,7 +283,8 @@ def test_preset_used_without_model_config(dl, run_cli):
     assert code == 2
 
 
-def test_repair_from_a_local_seeder(dl, pristine, run_cli):
+def test_repair_from_a_local_seeder(dl, pristine, run_cli, monkeypatch):
+    """Repair run as ``verify . --repair`` from inside the top folder ("." has no name)."""
     from grokfetch.torrent.seed import Seeder
 
     root = dl / "grok-tiny"
@@ -297,9 +298,10 @@ def test_repair_from_a_local_seeder(dl, pristine, run_cli):
         f.write(b"!!")
     bad_pieces = verify(dl, structure=False).pieces_bad
     assert bad_pieces and bad_pieces < 20
+    monkeypatch.chdir(root)
     with Seeder(pristine[0], listen=("127.0.0.1", 0)) as seeder:
         seeder.wait_ready()
-        code, out, err = run_cli(["verify", dl, "--repair", "--peer", f"127.0.0.1:{seeder.port}",
+        code, out, err = run_cli(["verify", ".", "--repair", "--peer", f"127.0.0.1:{seeder.port}",
                                   "--json"])
         uploaded = seeder.uploaded
     assert code == 0, err
@@ -311,6 +313,29 @@ def test_repair_from_a_local_seeder(dl, pristine, run_cli):
     # only the bad pieces travelled (the whole torrent is about 30x more)
     assert 0 < uploaded <= bad_pieces * PIECE
     assert uploaded < lt.torrent_info(pristine[1]).total_size() // 10
+    assert not (root / "grok-tiny").exists()   # no second tree inside the top folder
+
+
+def test_repair_refuses_a_renamed_top_folder(dl, pristine, run_cli):
+    """Files under ``my-model/`` of a torrent named ``grok-tiny``: verify finds them there, but
+    libtorrent would repair into a new ``grok-tiny/``, so repair refuses and says what to do."""
+    root = dl / "my-model"
+    (dl / "grok-tiny").rename(root)
+    rel = "ckpt-0/tensor00000_000"
+    flip(root / rel, 100_000)
+    bad = (root / rel).read_bytes()
+    report = verify(root, structure=False)
+    assert [f.path for f in report.findings if f.severity == "error"] == [rel]
+    code, _, err = run_cli(["verify", root, "--repair", "--peer", "127.0.0.1:9", "--json"])
+    assert code == 2, err
+    assert "refusing to repair" in err and "'grok-tiny'" in err and f"mv {root} " in err
+    assert not (dl / "grok-tiny").exists()
+    assert (root / rel).read_bytes() == bad   # nothing touched
+    # with the name taken by another folder, the hint does not suggest the clash
+    (dl / "grok-tiny").mkdir()
+    code, _, err = run_cli(["verify", root, "--repair", "--peer", "127.0.0.1:9"])
+    assert code == 2 and "already exists" in err and "mv " not in err
+    assert list((dl / "grok-tiny").iterdir()) == []
 
 
 def test_repair_needs_a_torrent(tiny_ckpt, tmp_path, run_cli):

@@ -240,3 +240,14 @@ class LockedProgress:
                 fn(*args, **kw)
 
         return call
+
+
+def runs(ok: list[int], per_item: int) -> list[tuple[int, int]]:
+    """Group sorted indices into (first, count) runs of consecutive values, ≤ per_item long."""
+    runs: list[tuple[int, int]] = []
+    for p in ok:
+        if runs and runs[-1][0] + runs[-1][1] == p and runs[-1][1] < per_item:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((p, 1))
+    return runs

@@ -80,6 +80,22 @@ def _net_options(peers: list[str]) -> dict:
             "listen": listen}
 
 
+def _check_top_folder(root: Path, torrent) -> None:
+    """libtorrent writes a multi-file torrent's files to ``SAVE_PATH/<torrent name>/``: a
+    renamed top folder would get a fresh second tree next to it instead of its repair."""
+    if not torrent.multi_file or root.name == torrent.name:
+        return
+    target = root.parent / torrent.name
+    taken = target.exists() or target.is_symlink()
+    raise UsageError(
+        f"refusing to repair {root}: the torrent names its top folder {torrent.name!r}, and "
+        f"libtorrent would write the repaired files to a new {target} instead",
+        hint=(f"{target} already exists: move the folder, e.g. to a new parent, as "
+              f"<parent>/{torrent.name}, and repair that" if taken else
+              f"rename the folder first (mv {root} {target}), then run verify --repair "
+              f"{target}"))
+
+
 def verify_and_repair(path: Path, *, torrent: Path | None = None, manifest: Path | None = None,
                       structure: bool | None = None, preset: str | None = None,
                       jobs: int | None = None, scheme: str = "auto", peers: list[str] | None = None,
@@ -90,7 +106,8 @@ def verify_and_repair(path: Path, *, torrent: Path | None = None, manifest: Path
     Returns the report of the last verification (``repaired`` lists the files touched).
 
     Raises:
-        UsageError: no torrent to repair from, or unsafe paths (remove them first).
+        UsageError: no torrent to repair from, unsafe paths (remove them first), or a top
+            folder renamed from the torrent's name (libtorrent would write a second tree).
         DownloadFailed / Interrupted: from the download job (e.g. no peer had the pieces).
     """
     if manifest is not None:
@@ -111,6 +128,9 @@ def verify_and_repair(path: Path, *, torrent: Path | None = None, manifest: Path
                          hint="remove links that leave the folder; a torrent with '..' paths "
                               "cannot be repaired")
 
+    root = p.root.absolute()   # "." has no name and no parent
+    _check_top_folder(root, p.torrent)
+
     import libtorrent as lt
 
     from grokfetch.torrent.job import DownloadOptions, download
@@ -118,7 +138,7 @@ def verify_and_repair(path: Path, *, torrent: Path | None = None, manifest: Path
     from grokfetch.torrent.state import StateFiles
 
     ti = lt.torrent_info(str(p.torrent_path))
-    dest = p.root.parent if p.torrent.multi_file else p.root
+    dest = root.parent if p.torrent.multi_file else root
     for f in first.findings:   # cut oversized files back (libtorrent never shrinks a file)
         if f.kind == "oversized":
             tf = next(t for t in p.torrent.data_files() if t.path == f.path)
@@ -126,11 +146,11 @@ def verify_and_repair(path: Path, *, torrent: Path | None = None, manifest: Path
     bad, files = _bad_pieces(first, ti, p.torrent.multi_file)
     oversized = [f.path for f in first.findings if f.kind == "oversized"]
     if bad:
-        state = StateFiles(dest.absolute(), infohash_of(ti))
+        state = StateFiles(dest, infohash_of(ti))
         state.prepare()
         atp = lt.add_torrent_params()
         atp.ti = ti
-        atp.save_path = str(dest.absolute())
+        atp.save_path = str(dest)
         # claim only what the first pass proved good, so the resume data never lies
         checked = _pieces_of(ti, p.only)
         atp.have_pieces = [(checked is None or i in checked) and i not in bad

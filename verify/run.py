@@ -98,7 +98,7 @@ def plan(path: Path, *, torrent: Path | None = None, manifest: Path | None = Non
         NotFoundError: ``path`` is not a folder.
         UsageError: both sources given, an unreadable source, or nothing to check.
     """
-    path = Path(path)
+    path = Path(path).absolute()   # "." has no name, and its parent is "." again
     if not path.is_dir():
         raise NotFoundError(path, "folder to verify")
     if torrent is not None and manifest is not None:

@@ -113,6 +113,11 @@ class TensorFile:
         return arr.reshape(ref.shape)
 
     @property
+    def mapping(self) -> mmap.mmap | None:
+        """The read-only mapping of the whole file (for ``madvise``); None once closed."""
+        return self._map
+
+    @property
     def weight(self) -> np.ndarray:
         """The stored weight: int8 for quantized tensors, float32 otherwise (zero-copy)."""
         return self._view(self.ref.weight if isinstance(self.ref, QW8Ref) else self.ref)

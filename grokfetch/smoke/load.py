@@ -4,88 +4,89 @@
 or ``*.safetensors``; ``ckpt-0/tensor*`` pickles; OCDBT/orbax markers such as ``_METADATA`` or
 ``manifest.ocdbt``) and wraps its reader. Each reader yields ``(spec, weight, scales | None)`` in
 JAX layout: the original pickles through :func:`~grokfetch.checkpoint.reader.open_checkpoint`
-(int8 + bf16 scales, memory-mapped), the converted formats through ``iter_params(out, table)`` of
-``convert.gguf`` / ``convert.safetensors`` / ``convert.jaxstore``. Placement copies only the slice
-each device owns (``jax.make_array_from_callback``), so no tensor sits on the host twice and the
+(int8 + bf16 scales, memory-mapped), the converted formats through their readers, imported
+when used: ``convert.safetensors.iter_params`` / ``convert.jaxstore.iter_params``, and for GGUF
+``convert.gguf_read.open_gguf`` (parsed once; the same parse decides ``lossless``). A damaged
+file is one :class:`~grokfetch.errors.CheckpointError`. Placement copies only the slice each
+device owns (``jax.make_array_from_callback``), so no tensor sits on the host twice and the
 same code works when the mesh spans several processes.
 """
 
 from __future__ import annotations
 
 import copy
-import importlib
 import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from grokfetch.errors import CheckpointError, NotFoundError, UsageError
+from grokfetch.checkpoint.reader import TOKENIZER_FILENAME, CheckpointLayout, find_layout
+from grokfetch.errors import CheckpointError, GrokfetchError, NotFoundError
 from grokfetch.spec import TENSOR_DIR, ModelConfig, TensorSpec, TensorTable, load_config
 
+if TYPE_CHECKING:
+    from convert.gguf_read import GGUFModel
+
 Item = tuple[TensorSpec, np.ndarray, "np.ndarray | None"]
+Iter = Callable[[list[TensorSpec]], Iterator[Item]]
 FORMATS = ("pickle", "gguf", "safetensors", "jaxstore")
-#: Where each converted format's reader lives (the first importable module wins).
-READER_MODULES = {
-    "gguf": ("convert.gguf", "grokfetch.convert.gguf"),
-    "safetensors": ("convert.safetensors", "grokfetch.convert.safetensors"),
-    "jaxstore": ("convert.jaxstore", "grokfetch.convert.jaxstore"),
-}
 JAXSTORE_MARKERS = ("_METADATA", "manifest.ocdbt", "_CHECKPOINT_METADATA", "_sharding")
+#: GGUF tensor types that hold the effective bf16 weights exactly.
 GGUF_LOSSLESS_TYPES = {"F32", "BF16"}
 
 
-def detect_format(path: Path) -> tuple[str, Path]:
-    """``(format, root)`` of a checkpoint path, from the files it holds.
+def _holds_tensor_files(layout: CheckpointLayout, preset: str | None) -> bool:
+    """Whether the layout's tensor folder holds at least one of the table's tensor files."""
+    if not layout.tensor_dir.is_dir():
+        return False
+    table = TensorTable(load_config(layout.root, preset))
+    return any(table.by_file(p.name) is not None for p in layout.tensor_dir.iterdir())
+
+
+def _has_jaxstore_marker(path: Path) -> bool:
+    return any((path / m).exists() or any(path.glob(f"*/{m}")) or any(path.glob(f"*/*/{m}"))
+               for m in JAXSTORE_MARKERS)
+
+
+def detect_format(path: Path, preset: str | None = None) -> tuple[str, Path]:
+    """``(format, root)`` of a checkpoint path, from the files it holds (``preset``: the
+    config of a pickle checkpoint without ``model-config.json``).
 
     Raises:
         NotFoundError: nothing that looks like a checkpoint.
     """
+    from convert.safetensors import INDEX_NAME
+
     path = Path(path)
     if not path.exists():
         raise NotFoundError(path, "checkpoint")
     if path.is_file():
         if path.suffix == ".gguf":
             return "gguf", path.parent
-        if path.suffix == ".safetensors" or path.name.endswith(".safetensors.index.json"):
+        if path.suffix == ".safetensors" or path.name == INDEX_NAME:
             return "safetensors", path.parent
         raise NotFoundError(path, "checkpoint folder", hint="give the folder the checkpoint is in")
     if any(path.glob("*.gguf")):
         return "gguf", path
-    if (path / "model.safetensors.index.json").is_file() or any(path.glob("*.safetensors")):
+    if (path / INDEX_NAME).is_file() or any(path.glob("*.safetensors")):
         return "safetensors", path
-    has_tensors = any(path.glob("tensor?????_000")) or any(path.glob(f"{TENSOR_DIR}/tensor?????_000"))
-    if not has_tensors:
-        for marker in JAXSTORE_MARKERS:
-            if (path / marker).exists() or any(path.glob(f"*/{marker}")) \
-                    or any(path.glob(f"*/*/{marker}")):
-                return "jaxstore", path
-    from grokfetch.checkpoint.reader import find_layout
-
     try:
-        return "pickle", find_layout(path).root
+        layout: CheckpointLayout | None = find_layout(path)
     except NotFoundError:
-        raise NotFoundError(path, "checkpoint (ckpt-0/ pickles, *.gguf, *.safetensors or an "
-                                  "orbax store)") from None
-
-
-def reader_for(fmt: str) -> Callable[[Path, TensorTable], Iterator[Item]]:
-    """The ``iter_params`` function of a converted format."""
-    errors = []
-    for name in READER_MODULES[fmt]:
-        try:
-            mod = importlib.import_module(name)
-        except ImportError as exc:
-            errors.append(f"{name}: {exc}")
-            continue
-        fn = getattr(mod, "iter_params", None)
-        if fn is not None:
-            return fn
-        errors.append(f"{name} has no iter_params")
-    raise UsageError(f"this looks like a {fmt} checkpoint, but its reader is not available "
-                     f"({'; '.join(errors)})")
+        layout = None
+    # Real tensor files win over stray orbax markers; an empty ckpt-0/ is still the pickle
+    # format (the shapes-only preflight runs before anything is downloaded).
+    if layout is not None and _holds_tensor_files(layout, preset):
+        return "pickle", layout.root
+    if _has_jaxstore_marker(path):
+        return "jaxstore", path
+    if layout is not None:
+        return "pickle", layout.root
+    raise NotFoundError(path, "checkpoint (ckpt-0/ pickles, *.gguf, *.safetensors or an "
+                              "orbax store)")
 
 
 @dataclass
@@ -98,7 +99,7 @@ class Source:
     table: TensorTable
     tokenizer: Path | None
     lossless: bool
-    _iter: Callable[[list[TensorSpec]], Iterator[Item]] = field(repr=False)
+    _iter: Iter = field(repr=False)
     _peeked: dict[int, Item] = field(default_factory=dict, repr=False)
 
     def items(self, specs: list[TensorSpec]) -> Iterator[Item]:
@@ -154,7 +155,7 @@ class Source:
         return "int8" if item[2] is not None else "dense"
 
 
-def _pickle_iter(root: Path, config: ModelConfig) -> Callable[[list[TensorSpec]], Iterator[Item]]:
+def _pickle_iter(root: Path, config: ModelConfig) -> Iter:
     from grokfetch.checkpoint.reader import open_checkpoint
 
     ck = open_checkpoint(root, config=config)
@@ -167,8 +168,10 @@ def _pickle_iter(root: Path, config: ModelConfig) -> Callable[[list[TensorSpec]]
     return it
 
 
-def _convert_iter(fmt: str, root: Path, table: TensorTable):
-    fn = reader_for(fmt)
+def _subset_iter(fmt: str, fn: Callable[[Path, TensorTable], Iterator[Item]], root: Path,
+                 table: TensorTable, damaged: tuple[type[BaseException], ...]) -> Iter:
+    """Wrap a converted format's ``iter_params(out, table)``; ``damaged``: the exceptions its
+    library raises for an unreadable file, reported as one :class:`CheckpointError`."""
 
     def it(specs: list[TensorSpec]) -> Iterator[Item]:
         # The readers walk ``table.model_order()``: hand them a view holding only these specs,
@@ -176,38 +179,61 @@ def _convert_iter(fmt: str, root: Path, table: TensorTable):
         sub = copy.copy(table)
         sub.specs = tuple(table.model_order(list(specs)))
         wanted = {s.index for s in specs}
-        for spec, w, s in fn(root, sub):
-            if spec.index in wanted:
-                yield spec, w, s
+        try:
+            for spec, w, s in fn(root, sub):
+                if spec.index in wanted:
+                    yield spec, w, s
+        except GrokfetchError:
+            raise
+        except damaged as exc:
+            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise CheckpointError(root, f"unreadable {fmt} checkpoint: {detail[:300]}") from exc
 
     return it
 
 
-def _gguf_lossless(root: Path) -> bool:
-    try:
-        from gguf import GGUFReader
-    except ImportError:
-        return False
-    for path in sorted(root.glob("*.gguf")):
-        reader = GGUFReader(str(path))
-        if any(t.tensor_type.name not in GGUF_LOSSLESS_TYPES for t in reader.tensors):
-            return False
-    return True
+def _gguf_iter(model: GGUFModel, table: TensorTable) -> Iter:
+    """The tensors of an already-parsed GGUF (the file is not parsed again)."""
+    from convert.gguf_read import iter_params
+
+    return lambda specs: iter_params(model, table, specs)
+
+
+def _gguf_lossless(model: GGUFModel) -> bool:
+    return all(t.tensor_type.name in GGUF_LOSSLESS_TYPES for t in model.tensors.values())
 
 
 def open_source(path: Path | str, preset: str | None = None) -> Source:
-    """Detect and open a checkpoint. Config: its ``model-config.json``, else ``preset``."""
-    fmt, root = detect_format(Path(path))
+    """Detect and open a checkpoint. Config: its ``model-config.json``, else ``preset``.
+
+    A GGUF is parsed here, once (a damaged file is a :class:`CheckpointError` before anything
+    is compiled); the other formats open their files as they are read.
+    """
+    fmt, root = detect_format(Path(path), preset)
     config = load_config(root, preset)
     table = TensorTable(config)
-    tok = next((p for p in (root / "tokenizer.model", root.parent / "tokenizer.model",
-                            root / TENSOR_DIR / "tokenizer.model") if p.is_file()), None)
+    tok = next((p for p in (root / TOKENIZER_FILENAME, root.parent / TOKENIZER_FILENAME,
+                            root / TENSOR_DIR / TOKENIZER_FILENAME) if p.is_file()), None)
+    lossless = True
     if fmt == "pickle":
         it = _pickle_iter(root, config)
-        lossless = True
+    elif fmt == "gguf":
+        from convert.gguf_read import open_gguf
+
+        model = open_gguf(Path(path) if Path(path).is_file() else root)
+        it = _gguf_iter(model, table)
+        lossless = _gguf_lossless(model)
+    elif fmt == "safetensors":
+        from safetensors import SafetensorError
+
+        from convert.safetensors import iter_params as st_iter
+
+        it = _subset_iter(fmt, st_iter, root, table, (SafetensorError, ValueError))
     else:
-        it = _convert_iter(fmt, root, table)
-        lossless = _gguf_lossless(root) if fmt == "gguf" else True
+        from convert.jaxstore import iter_params as jax_iter
+
+        # tensorstore reports a damaged store as ValueError (e.g. OUT_OF_RANGE, DATA_LOSS).
+        it = _subset_iter(fmt, jax_iter, root, table, (ValueError,))
     return Source(fmt, root, config, table, tok, lossless, it)
 
 

@@ -201,13 +201,14 @@ def estimate_temporaries(cfg: ModelConfig, n: int, tokens: int, cache_len: int,
 
     The layer program materialises one expert's three dequantized matrices (scan over experts;
     a backend may also widen them to f32 for the matmul), the FFN activations and the attention
-    probabilities; the output head casts (and may transpose) the embedding shard and returns
+    probabilities, and the MoE's f32 stack of per-expert outputs ``(E, T, D)`` with its
+    all-reduced copy; the output head casts (and may transpose) the embedding shard and returns
     replicated f32 logits.
     """
     b = _bytes_of(compute_dtype)
     d, f, v = cfg.emb_size, cfg.ffn_size // n, cfg.vocab_size
     expert = 3 * d * f * (b + 4)
-    ffn_act = tokens * f * (3 * b + 4) + 2 * tokens * d * 4
+    ffn_act = tokens * f * (3 * b + 4) + 2 * tokens * d * 4 + 2 * cfg.num_experts * tokens * d * 4
     attn_w = (2 * d * cfg.q_size + 2 * d * cfg.kv_size) * (b + 4) // n
     probs = (cfg.num_q_heads // n) * tokens * cache_len * 4 * 3
     layer = expert + ffn_act + attn_w + probs

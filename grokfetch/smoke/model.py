@@ -6,10 +6,14 @@ the row-parallel weights are the local shard; with one device they are the whole
 ``axis`` argument names the mesh axis to reduce over (``psum``); the same code runs for N = 1.
 
 Precisions follow the reference (``dtype=bfloat16``): a bf16 residual stream, norms, RoPE,
-attention logits/softmax and the router in f32, matmuls with bf16 inputs and f32 accumulation.
+attention logits/softmax and the router in f32, matmuls with bf16 inputs and f32 accumulation,
+each expert's output ``y_e`` rounded to bf16 and the MoE sum ``Σ bf16(g_e)·y_e`` in bf16.
 With ``dtype=float32`` every activation is f32. The weights are always the reference's
 effective weights ``bf16(int8 × scale)`` (widened to f32 in f32 mode), so every lossless format
-feeds the same values. Logits are returned in f32 (the reference rounds them to bf16 last).
+feeds the same values. Deliberate deviations (``docs/smoke.md``, "Deviations from the
+reference precisions"): tensor-parallel partial sums are added in f32 before rounding (the
+reference adds bf16 partials), and the logits are returned in f32, multiplied by the exact
+``output_multiplier_scale`` (the reference rounds ``z·Eᵀ`` to bf16 and multiplies in bf16).
 
 A weight is a dict ``{"w": array}`` (dense) or ``{"w": int8, "s": bf16 scales}`` (quantized).
 """
@@ -87,7 +91,12 @@ def embed(embedding: jax.Array, tokens: jax.Array, cfg: ModelConfig, dtype: Any)
 
 def unembed(h: jax.Array, final_norm: jax.Array, embedding: jax.Array, cfg: ModelConfig,
             dtype: Any) -> jax.Array:
-    """Final RMSNorm, the tied output head ``z · Eᵀ`` and the output multiplier; f32 logits."""
+    """Final RMSNorm, the tied output head ``z · Eᵀ`` and the output multiplier; f32 logits.
+
+    Deviation (documented): the reference rounds ``z · Eᵀ`` to bf16 and multiplies by
+    ``bf16(0.5773…) = 0.578125`` in bf16; here the product stays f32 and the multiplier is the
+    f32 constant, so dumps and ``--compare`` metrics carry no bf16 quantisation of their own.
+    """
     z = rms_norm(h, final_norm, cfg.rms_norm_eps)
     logits = jnp.matmul(z.astype(dtype), embedding.astype(dtype).T, preferred_element_type=F32)
     return logits * cfg.output_multiplier_scale
@@ -136,32 +145,56 @@ def router_gates(h: jax.Array, router: jax.Array, cfg: ModelConfig) -> jax.Array
     return jnp.sum(onehot * vals[..., None], axis=1)
 
 
+def round_bf16(x: jax.Array) -> jax.Array:
+    """Round f32 values to the nearest bf16 (ties to even), keeping the f32 dtype.
+
+    ``lax.reduce_precision`` is never elided, unlike an ``astype(bf16)`` round trip that XLA may
+    fold away when it allows excess precision; every result is bf16-representable.
+    """
+    return lax.reduce_precision(x.astype(F32), exponent_bits=8, mantissa_bits=7)
+
+
 def moe(h: jax.Array, p: Params, cfg: ModelConfig, dtype: Any, axis: str | None) -> jax.Array:
-    """The MoE on the local FFN columns; returns the partial (pre-psum) output in f32.
+    """The MoE output, already reduced over ``axis``, in ``dtype``.
 
     ``lax.scan`` over the experts keeps one expert's dequantized weights live at a time. Every
     expert runs on every token (as in the reference); unselected experts get gate 0.
-    """
-    gates = router_gates(h, p["router"]["w"], cfg).astype(dtype).astype(F32)
 
-    def one_expert(acc, xs):
-        gate_w, up_w, down_w, g = xs
+    Each device's scan stacks its partial down projections ``(E, T, D)`` in f32; one ``psum``
+    of the stack gives every expert's full ``y_e``. In bf16 mode the rest follows grok1-format
+    §3.2 step 10: ``y_e`` rounded to bf16, times the bf16 gate, rounded, summed in bf16 (adding
+    the unselected experts' exact zeros in expert order changes nothing; with two selected
+    experts the bf16 sum does not depend on their order). In f32 mode all of it stays f32.
+    """
+    bf16 = jnp.dtype(dtype) == jnp.dtype(BF16)
+    gates = router_gates(h, p["router"]["w"], cfg)
+    if bf16:
+        gates = round_bf16(gates)
+
+    def one_expert(carry, xs):
+        gate_w, up_w, down_w = xs
         a = matmul(h, dequant(gate_w, dtype), dtype)
         b = matmul(h, dequant(up_w, dtype), dtype)
         y = jnp.matmul(jax.nn.gelu(a, approximate=True) * b, dequant(down_w, dtype),
                        preferred_element_type=F32)
-        return acc + g[:, None] * y, None
+        return carry, y
 
-    init = jnp.zeros(h.shape, F32)
+    _, ys = lax.scan(one_expert, None, (p["moe_gate"], p["moe_up"], p["moe_down"]))
     if axis is not None:
-        init = lax.pcast(init, (axis,), to="varying")
-    acc, _ = lax.scan(one_expert, init, (p["moe_gate"], p["moe_up"], p["moe_down"], gates.T))
-    return acc
+        ys = lax.psum(ys, axis)  # the tensor-parallel sum of partials, in f32
+    if bf16:
+        ys = round_bf16(ys)
+    acc = jnp.zeros(h.shape, F32)
+    for e in range(ys.shape[0]):  # static and small; fixes the summation order
+        term = gates[:, e, None] * ys[e]
+        acc = round_bf16(acc + round_bf16(term)) if bf16 else acc + term
+    return acc.astype(dtype)
 
 
 def layer(h: jax.Array, p: Params, k_cache: jax.Array, v_cache: jax.Array, pos: jax.Array,
           key_ok: jax.Array, cfg: ModelConfig, dtype: Any, axis: str | None = None):
-    """One decoder layer with the four sandwich RMSNorms; two all-reduces over ``axis``."""
+    """One decoder layer with the four sandwich RMSNorms; two all-reduces over ``axis`` (the
+    attention output, and the MoE's stack of per-expert outputs)."""
     eps = cfg.rms_norm_eps
 
     def reduce(x):
@@ -171,6 +204,6 @@ def layer(h: jax.Array, p: Params, k_cache: jax.Array, v_cache: jax.Array, pos: 
     o, k_cache, v_cache = attention(a, p, k_cache, v_cache, pos, key_ok, cfg, dtype, axis)
     h = h + rms_norm(reduce(o).astype(dtype), p["norm_attn_out"]["w"], eps)
     m = rms_norm(h, p["norm_moe_in"]["w"], eps)
-    y = reduce(moe(m, p, cfg, dtype, axis)).astype(dtype)
+    y = moe(m, p, cfg, dtype, axis)  # reduced inside, per expert
     h = h + rms_norm(y, p["norm_moe_out"]["w"], eps)
     return h, k_cache, v_cache

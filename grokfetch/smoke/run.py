@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from grokfetch.checkpoint.reader import TOKENIZER_FILENAME
 from grokfetch.errors import CheckFailed, InsufficientMemoryError, UsageError
 from grokfetch.progress import NULL_PROGRESS, Progress
 from grokfetch.smoke import mesh as meshlib
@@ -211,7 +212,7 @@ def _prompt_tokens(opts: SmokeOptions, source: Source) -> tuple[list[int], Token
         ids = list(opts.tokens)
     else:
         if tokenizer is None:
-            raise UsageError(f"no tokenizer.model next to {source.root}",
+            raise UsageError(f"no {TOKENIZER_FILENAME} next to {source.root}",
                              hint="pass --tokenizer PATH, or --tokens 1,2,3")
         ids = tokenizer.encode(opts.prompt if opts.prompt is not None else DEFAULT_PROMPT)
     vocab = source.config.vocab_size

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from grokfetch.checkpoint.reader import TOKENIZER_FILENAME
 from grokfetch.errors import CheckpointError, NotFoundError
+from grokfetch.fsutil import file_sha256
 
 #: sha256 of the released ``tokenizer.model`` (docs/grok1-format.md §1.1).
 GROK1_TOKENIZER_SHA256 = "5c69d7cbad192fa2c9d14e2a77fbfdc11597c68907b043ddb0260e3d28eddd7f"
@@ -18,7 +20,7 @@ class Tokenizer:
 
         self.path = Path(path)
         if not self.path.is_file():
-            raise NotFoundError(self.path, "tokenizer.model",
+            raise NotFoundError(self.path, TOKENIZER_FILENAME,
                                 hint="pass --tokenizer PATH, or --tokens 1,2,3 instead of --prompt")
         try:
             self.sp = spm.SentencePieceProcessor(model_file=str(self.path))
@@ -36,6 +38,4 @@ class Tokenizer:
         return str(self.sp.decode([int(i) for i in ids]))
 
     def sha256(self) -> str:
-        import hashlib
-
-        return hashlib.sha256(self.path.read_bytes()).hexdigest()
+        return file_sha256(self.path)

@@ -14,16 +14,15 @@ bad pieces.
 from __future__ import annotations
 
 import contextlib
-import signal
-import threading
 import time
 from pathlib import Path
 
 from grokfetch.errors import DownloadFailed, InsufficientSpaceError, Interrupted, UsageError
-from grokfetch.fsutil import free_bytes, human_bytes, write_atomic
+from grokfetch.fsutil import free_bytes, write_atomic
 from grokfetch.progress import NULL_PROGRESS, Progress
 from grokfetch.spec import TensorTable, load_config, parse_layers
 from grokfetch.torrent import selection
+from grokfetch.torrent.alerts import on_alert, status_event
 from grokfetch.torrent.layout import (
     bytes_on_disk,
     check_paths,
@@ -33,33 +32,21 @@ from grokfetch.torrent.layout import (
     pieces_of,
 )
 from grokfetch.torrent.options import DownloadOptions, DownloadResult
-from grokfetch.torrent.session import clear_flags, listen_port, make_session, resolve_peer
+from grokfetch.torrent.session import (
+    StopSignals,
+    clear_flags,
+    close_session,
+    listen_port,
+    make_session,
+    resolve_peer,
+)
 from grokfetch.torrent.source import Source, infohash_of, resolve, torrent_bytes
 from grokfetch.torrent.state import StateFiles
 
 __all__ = ["DownloadOptions", "DownloadResult", "download"]
 
-
-class _Stop:
-    """SIGINT/SIGTERM -> a flag the loop polls (only installable from the main thread)."""
-
-    def __init__(self, enabled: bool):
-        self.signum: int | None = None
-        self.saved: dict[int, object] = {}
-        self.enabled = enabled and threading.current_thread() is threading.main_thread()
-
-    def __enter__(self) -> _Stop:
-        if self.enabled:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.saved[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def _handler(self, signum, frame) -> None:  # noqa: ARG002
-        self.signum = signum
-
-    def __exit__(self, *exc) -> None:
-        for sig, old in self.saved.items():
-            signal.signal(sig, old)
+# ``finish``: how long, in all, to wait for resume data that lists every wanted piece
+FINISH_RESUME_TIMEOUT = 60.0
 
 
 class _Job:
@@ -77,6 +64,7 @@ class _Job:
         self.resume_pending = 0
         self.resume_error: str | None = None
         self.saved_have: list[bool] = []
+        self.ses = self.h = None   # the libtorrent session and torrent handle while running
         self.start = time.monotonic()
 
     # --- setup ------------------------------------------------------------------------------
@@ -106,11 +94,7 @@ class _Job:
                         for i in range(len(paths)) if self.sel.wanted[i])
         free = free_bytes(self.dest)
         if remaining > free and not self.opts.force:
-            exc = InsufficientSpaceError(self.dest, remaining, free)
-            exc.args = (f"not enough free space in {self.dest}: the selected files need "
-                        f"{human_bytes(remaining)} more ({remaining:,} bytes), only "
-                        f"{human_bytes(free)} ({free:,} bytes) are free",)
-            raise exc
+            raise InsufficientSpaceError(self.dest, remaining, free)
         self.done_files = [False] * len(paths)
         self.sizes = [fs.file_size(i) for i in range(len(paths))]
         self.wanted_pieces = pieces_of(ti, [i for i, w in enumerate(self.sel.wanted) if w])
@@ -183,11 +167,11 @@ class _Job:
         extra = {"allow_multiple_connections_per_ip": True, "min_reconnect_time": 2} if peers else {}
         if opts.order == "model":
             extra["initial_picker_threshold"] = 0   # no random first pieces
-        ses = make_session(opts.net, **extra)
+        self.ses = make_session(opts.net, **extra)
         try:
-            self.start_session(lt, ses, peers, unclean)
-            with _Stop(opts.handle_signals) as stop:
-                result = self.loop(lt, ses, self.h, peers, stop)
+            self.start_session(lt, peers, unclean)
+            with StopSignals(opts.handle_signals) as stop:
+                result = self.loop(lt, self.h, peers, stop)
             self.state.clear_recheck()
             self.state.clear_running()
             return result
@@ -195,14 +179,15 @@ class _Job:
             self.state.clear_running()   # refused before fetching: nothing unclean to recover
             raise
         finally:
-            with contextlib.suppress(Exception):
-                ses.pause()
-            del ses
+            # an error's traceback keeps this job alive: drop the session (and close its
+            # listening socket) now rather than whenever the exception is collected
+            close_session(self.ses)
+            self.ses = self.h = None
 
-    def start_session(self, lt, ses, peers, unclean: bool) -> None:
-        listen_port(ses)
+    def start_session(self, lt, peers, unclean: bool) -> None:
+        listen_port(self.ses)
         atp = self.build_atp(lt, unclean)
-        self.h, self.ses = ses.add_torrent(atp), ses
+        self.h = self.ses.add_torrent(atp)
         if not self.opts.trackers:
             self.h.replace_trackers([])   # also drops the .torrent's own announce list
         if self.opts.order == "model" and atp.ti is not None:
@@ -216,8 +201,8 @@ class _Job:
             self.h.connect_peer(p)
         self.dialed = True
 
-    def loop(self, lt, ses, h, peers, stop: _Stop) -> DownloadResult:
-        opts, progress = self.opts, self.progress
+    def loop(self, lt, h, peers, stop: StopSignals) -> DownloadResult:
+        opts, progress, ses = self.opts, self.progress, self.ses
         last_status = last_resume = last_dial = time.monotonic()
         last_done, last_progress_t = -1, time.monotonic()
         started_task = False
@@ -226,7 +211,7 @@ class _Job:
         while True:
             ses.wait_for_alert(200)
             for a in ses.pop_alerts():
-                self.on_alert(lt, h, a)
+                on_alert(self, lt, h, a)
             if self.file_error is not None:
                 self.stop_with_resume(lt, h)
                 self.state.set_recheck()
@@ -265,7 +250,7 @@ class _Job:
                 last_status = now
                 if opts.order == "model" and st.has_metadata and not checking:
                     self.reorder(h, h.torrent_file())   # in case a file_completed alert was lost
-                self.status_event(lt, h, st)
+                status_event(self, lt, h, st)
             if peers and not self.dialed and not checking and st.has_metadata:
                 # only once priorities are in force: a torrent that looks finished says
                 # "upload only" in the handshake, and an upload-only seeder hangs up on it
@@ -304,45 +289,6 @@ class _Job:
         pieces = st.pieces
         return all(pieces[i] for i in self.wanted_pieces)
 
-    def on_alert(self, lt, h, a) -> None:
-        if isinstance(a, lt.metadata_received_alert):
-            if self.sel is None:
-                self.on_metadata(h)
-        elif isinstance(a, lt.hash_failed_alert):
-            self.hash_failures += 1
-            self.progress.event("warning", message=f"piece {a.piece_index} failed its hash check; "
-                                                   "fetching it again")
-        elif isinstance(a, lt.peer_ban_alert):
-            ep = f"{a.ip[0]}:{a.ip[1]}" if isinstance(a.ip, tuple) else str(a.ip)
-            if ep not in self.banned:
-                self.banned.append(ep)
-                self.progress.event("warning", message=f"banned peer {ep} (sent bad data)")
-        elif isinstance(a, lt.file_error_alert):
-            if self.file_error is None:
-                self.file_error = f"{a.error.message()} ({a.filename()})"
-        elif isinstance(a, lt.torrent_error_alert):
-            if self.file_error is None:
-                self.file_error = a.message()
-        elif isinstance(a, lt.file_completed_alert):
-            idx = int(a.index)
-            if self.sel is not None and idx < len(self.done_files) and self.sel.wanted[idx]:
-                ti = h.torrent_file()
-                self.progress.event("file_done", index=idx, file=ti.layout().file_path(idx))
-                if self.opts.order == "model":
-                    self.reorder(h, ti)
-        elif isinstance(a, lt.save_resume_data_alert):
-            self.saved_have = list(a.params.have_pieces)
-            try:
-                self.state.write_resume(a.params)
-                self.resume_error = None
-            except OSError as exc:   # e.g. the disk is full; the next run re-checks the files
-                self.resume_error = exc.strerror or str(exc)
-            self.resume_pending = max(0, self.resume_pending - 1)
-        elif isinstance(a, lt.save_resume_data_failed_alert):
-            self.resume_pending = max(0, self.resume_pending - 1)
-        elif isinstance(a, lt.listen_failed_alert):
-            raise UsageError(f"cannot listen on {a.address}:{a.port}: {a.error.message()}")
-
     def on_metadata(self, h) -> None:
         """A magnet's metadata arrived: save it, select files, check space, start fetching."""
         ti = h.torrent_file()
@@ -370,7 +316,7 @@ class _Job:
             self.ses.wait_for_alert(100)
             for a in self.ses.pop_alerts():
                 if not isinstance(a, lt.listen_failed_alert):
-                    self.on_alert(lt, h, a)
+                    on_alert(self, lt, h, a)
         if not self.resume_pending and self.resume_error is None:
             self.state.clear_running()
 
@@ -379,37 +325,20 @@ class _Job:
             return "saved resume data"
         return f"could not save resume data ({self.resume_error}); the next run re-checks the files"
 
-
-    def status_event(self, lt, h, st) -> None:
-        names = {v: k for k, v in lt.torrent_status.states.names.items()}
-        rate = st.download_payload_rate
-        total = self.total(st)
-        left = max(0, total - st.total_wanted_done)
-        eta = round(left / rate) if rate > 0 else None
-        in_flight: list[str] = []
-        if st.has_metadata and self.sel is not None and st.state == lt.torrent_status.downloading:
-            fs = h.torrent_file().layout()
-            fp = h.file_progress(flags=lt.file_progress_flags_t.piece_granularity)
-            in_flight = [fs.file_name(i) for i, done in enumerate(fp)
-                         if self.sel.wanted[i] and 0 < done < fs.file_size(i)][:8]
-        state = "downloading_metadata" if not st.has_metadata else names.get(st.state, str(st.state))
-        pct = 100.0 * st.total_wanted_done / total if total else 0.0
-        text = (f"{state} {pct:.1f}% peers {st.num_peers} seeds {st.num_seeds}"
-                + (f" | {', '.join(in_flight[:3])}" if in_flight else ""))
-        if not st.has_metadata and st.num_peers == 0:
-            text = "waiting for metadata (no peers yet)"
-        self.progress.event("status", state=state, done=st.total_wanted_done,
-                            total=total, rate=rate, upload_rate=st.upload_payload_rate,
-                            eta=eta, peers=st.num_peers, seeds=st.num_seeds,
-                            hash_failures=self.hash_failures, files_in_flight=in_flight, text=text)
-
     def finish(self, lt, h, st) -> DownloadResult:
         self.progress.done("download")
         # the last piece may still be in flight to the disk: save until the resume data agrees
-        for _ in range(25):
-            self.stop_with_resume(lt, h)
+        deadline = time.monotonic() + FINISH_RESUME_TIMEOUT
+        while True:
+            self.stop_with_resume(lt, h, timeout=min(20.0, max(1.0, deadline - time.monotonic())))
             have = self.saved_have
             if all(i < len(have) and have[i] for i in self.wanted_pieces):
+                break
+            if time.monotonic() >= deadline:
+                self.progress.event(
+                    "warning", message=f"the saved resume data still lacks some finished pieces "
+                                       f"after {FINISH_RESUME_TIMEOUT:g} s; a rerun may check or "
+                                       "fetch them again (the files on disk are verified)")
                 break
             time.sleep(0.2)
         ti = h.torrent_file()

@@ -7,9 +7,6 @@ folder (holding ``<torrent name>/`` and ``.grokfetch/``) or the content folder i
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +14,14 @@ from pathlib import Path
 from grokfetch.errors import CheckFailed, NotFoundError, UsageError
 from grokfetch.fsutil import safe_join
 from grokfetch.progress import NULL_PROGRESS, Progress
-from grokfetch.torrent.session import NetOptions, clear_flags, listen_port, make_session
+from grokfetch.torrent.session import (
+    NetOptions,
+    StopSignals,
+    clear_flags,
+    close_session,
+    listen_port,
+    make_session,
+)
 from grokfetch.torrent.source import STATE_DIR, infohash_of, load_torrent_file
 from grokfetch.torrent.state import StateFiles
 
@@ -118,8 +122,7 @@ class Seeder:
 
     def close(self) -> None:
         if self.session is not None:
-            with contextlib.suppress(Exception):
-                self.session.pause()
+            close_session(self.session)
             self.session = self.handle = None
 
     def connect(self, host: str, port: int) -> None:
@@ -175,43 +178,35 @@ def seed(folder: Path | str, torrent: Path | str | None = None, *, listen: str =
          until_ratio: float | None = None, progress: Progress = NULL_PROGRESS) -> SeedResult:
     """Serve ``folder`` until SIGINT/SIGTERM, ``for_seconds`` or an upload ``until_ratio``."""
     start = time.monotonic()
-    stopped: list[int] = []
-    saved = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            saved[sig] = signal.signal(sig, lambda s, f: stopped.append(s))
-    try:
-        with Seeder(folder, torrent, listen, net=net, trackers=_preset_trackers(folder, torrent)) as s:
-            progress.task("seed", None, f"seeding {s.ti.name()}")
-            progress.event("status", text=f"seeding {s.ti.name()} on port {s.port}", port=s.port,
-                           infohash=s.infohash, state="seeding")
-            total = s.ti.total_size()
-            peers_seen, why, last = 0, "signal", 0.0
-            while True:
-                st = s.handle.status()
-                peers_seen = max(peers_seen, st.num_peers)
-                ratio = st.total_payload_upload / total if total else 0.0
-                now = time.monotonic()
-                if now - last >= 1.0:
-                    last = now
-                    progress.event("status", state="seeding", peers=st.num_peers,
-                                   uploaded=st.total_payload_upload, ratio=round(ratio, 3),
-                                   upload_rate=st.upload_payload_rate,
-                                   text=f"seeding: {st.num_peers} peers, uploaded "
-                                        f"{st.total_payload_upload:,} B (ratio {ratio:.2f})")
-                if st.errc.value() != 0 and st.errc.message():
-                    raise CheckFailed(f"seeding stopped: {st.errc.message()}")
-                if stopped:
-                    break
-                if for_seconds is not None and now - start >= for_seconds:
-                    why = "time"
-                    break
-                if until_ratio is not None and ratio >= until_ratio:
-                    why = "ratio"
-                    break
-                time.sleep(0.2)
-            return SeedResult(s.infohash, s.port, st.total_payload_upload, ratio, peers_seen,
-                              time.monotonic() - start, why)
-    finally:
-        for sig, old in saved.items():
-            signal.signal(sig, old)
+    trackers = _preset_trackers(folder, torrent)
+    with StopSignals() as stop, Seeder(folder, torrent, listen, net=net, trackers=trackers) as s:
+        progress.task("seed", None, f"seeding {s.ti.name()}")
+        progress.event("status", text=f"seeding {s.ti.name()} on port {s.port}", port=s.port,
+                       infohash=s.infohash, state="seeding")
+        total = s.ti.total_size()
+        peers_seen, why, last = 0, "signal", 0.0
+        while True:
+            st = s.handle.status()
+            peers_seen = max(peers_seen, st.num_peers)
+            ratio = st.total_payload_upload / total if total else 0.0
+            now = time.monotonic()
+            if now - last >= 1.0:
+                last = now
+                progress.event("status", state="seeding", peers=st.num_peers,
+                               uploaded=st.total_payload_upload, ratio=round(ratio, 3),
+                               upload_rate=st.upload_payload_rate,
+                               text=f"seeding: {st.num_peers} peers, uploaded "
+                                    f"{st.total_payload_upload:,} B (ratio {ratio:.2f})")
+            if st.errc.value() != 0 and st.errc.message():
+                raise CheckFailed(f"seeding stopped: {st.errc.message()}")
+            if stop.signum is not None:
+                break
+            if for_seconds is not None and now - start >= for_seconds:
+                why = "time"
+                break
+            if until_ratio is not None and ratio >= until_ratio:
+                why = "ratio"
+                break
+            time.sleep(0.2)
+        return SeedResult(s.infohash, s.port, st.total_payload_upload, ratio, peers_seen,
+                          time.monotonic() - start, why)

@@ -6,7 +6,11 @@ LSD, UPnP, NAT-PMP, uTP) and real downloads keep libtorrent's internet defaults.
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import socket
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,8 +111,6 @@ def make_session(net: NetOptions, **extra: Any):
 
 def listen_port(ses, timeout: float = 5.0) -> int:
     """The port the session listens on (waits briefly for the socket to open)."""
-    import time
-
     deadline = time.monotonic() + timeout
     while True:
         port = ses.listen_port()
@@ -124,3 +126,44 @@ def clear_flags(atp) -> None:
     import libtorrent as lt
 
     atp.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
+
+
+def close_session(ses, timeout: float = 5.0) -> None:
+    """Pause ``ses`` and close its listening sockets now (waits up to ``timeout`` s).
+
+    The Python binding has no ``session.abort()``: the session only goes when its last
+    reference does, and an exception's traceback can keep one alive. Closing the sockets
+    frees the port (and stops peers connecting) deterministically either way.
+    """
+    with contextlib.suppress(Exception):
+        ses.pause()
+    with contextlib.suppress(Exception):
+        ses.apply_settings({"listen_interfaces": ""})   # applied on the network thread
+        deadline = time.monotonic() + timeout
+        while ses.is_listening() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+class StopSignals:
+    """SIGINT/SIGTERM -> :attr:`signum`, a flag a polling loop checks; the old handlers come
+    back on exit. Handlers can only be installed from the main thread: elsewhere (or with
+    ``enabled=False``) this does nothing and :attr:`signum` stays None."""
+
+    def __init__(self, enabled: bool = True):
+        self.signum: int | None = None
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self._saved: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if self.enabled:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._saved[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def _handler(self, signum, frame) -> None:  # noqa: ARG002
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._saved.items():
+            signal.signal(sig, old)
+        self._saved.clear()
