@@ -76,3 +76,15 @@ class RecordingProgress(NullProgress):
 
     def event(self, kind: str, **data: Any) -> None:
         self.events.append((kind, data))
+
+
+class InterruptAfter(NullProgress):
+    """Raises ``KeyboardInterrupt`` at the ``n``-th ``advance``: a simulated Ctrl-C, for tests."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def advance(self, key: str, amount: int) -> None:
+        self.n -= 1
+        if self.n <= 0:
+            raise KeyboardInterrupt

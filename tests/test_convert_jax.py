@@ -20,6 +20,7 @@ from convert.jaxstore import DATA_DIR, iter_params, make_mesh, restore
 from convert.run import convert
 from grokfetch.checkpoint.reader import open_checkpoint
 from grokfetch.errors import OutputExistsError, UsageError
+from grokfetch.progress import InterruptAfter
 from grokfetch.spec import PRESETS, TensorTable, load_config
 
 #: PartitionSpec of each slot at the official 1x8 mesh, as jax prints it (smoke-notes §3.2).
@@ -175,26 +176,13 @@ def test_subset_is_renumbered(tiny_ckpt, tmp_path):
     assert load_config(out).num_experts == 2
 
 
-class _StopAfter:
-    def __init__(self, n: int):
-        self.n = n
-
-    def task(self, *a, **k): ...
-    def update(self, *a, **k): ...
-    def done(self, *a, **k): ...
-    def event(self, *a, **k): ...
-
-    def advance(self, key, amount):
-        self.n -= 1
-        if self.n <= 0:
-            raise KeyboardInterrupt
 
 
 def test_resume_after_interruption(tiny_ckpt, tmp_path, monkeypatch):
     monkeypatch.setattr(jaxstore, "MAX_BATCH_BYTES", 64 * 1024)  # many small commits
     out = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
-        convert(tiny_ckpt, out, ConvertOptions(target="jax"), progress=_StopAfter(40))
+        convert(tiny_ckpt, out, ConvertOptions(target="jax"), progress=InterruptAfter(40))
     assert (out / f"{DATA_DIR}.partial").is_dir() and not (out / "_METADATA").exists()
     report = convert(tiny_ckpt, out, ConvertOptions(target="jax"))
     assert report.resumed and not (out / f"{DATA_DIR}.partial").exists()

@@ -20,6 +20,7 @@ from convert.safetensors import HF_CONFIG_NAME, INDEX_NAME, hf_config, iter_para
 from convert.safetensors_header import StTensor, encode_header, plan_shards
 from grokfetch.checkpoint.reader import BF16, open_checkpoint
 from grokfetch.errors import CheckpointError, OutputExistsError, UsageError
+from grokfetch.progress import InterruptAfter
 from grokfetch.spec import PRESETS, TensorTable, load_config
 
 SHARD = 600_000  # a few shards for the ~8 MB tiny bf16 export
@@ -252,21 +253,6 @@ def test_layer_and_expert_subset_is_renumbered(tiny_ckpt, tmp_path):
     assert json.loads((out / HF_CONFIG_NAME).read_text())["num_local_experts"] == 2
 
 
-class _StopAfter:
-    """A progress sink that interrupts the job after ``n`` advances (a simulated Ctrl-C)."""
-
-    def __init__(self, n: int):
-        self.n = n
-
-    def task(self, *a, **k): ...
-    def update(self, *a, **k): ...
-    def done(self, *a, **k): ...
-    def event(self, *a, **k): ...
-
-    def advance(self, key, amount):
-        self.n -= 1
-        if self.n <= 0:
-            raise KeyboardInterrupt
 
 
 def _digest(out: Path) -> dict[str, str]:
@@ -277,7 +263,7 @@ def test_resume_after_interruption_gives_identical_bytes(tiny_ckpt, tmp_path, ou
     out = tmp_path / "resumed"
     opts = ConvertOptions(target="safetensors", shard_size=SHARD)
     with pytest.raises(KeyboardInterrupt):
-        convert(tiny_ckpt, out, opts, progress=_StopAfter(60))
+        convert(tiny_ckpt, out, opts, progress=InterruptAfter(60))
     assert list(out.glob("*.partial")) and not (out / INDEX_NAME).exists()
     report = convert(tiny_ckpt, out, opts)
     assert report.resumed
