@@ -192,3 +192,19 @@ def test_manifest_create_cli(ckpt, tmp_path, run_cli):
     assert any(x.get("event") == "task" for x in lines[:-1])
     res = lines[-1]
     assert res["checks"] == ["structure", "manifest (blake3)"]
+
+
+def test_mapped_blocks_equal_plain_reads_at_unaligned_offsets(tmp_path):
+    import hashlib
+
+    from verify.hashio import Extent, ShortReadError, mapped_blocks
+
+    data = os.urandom(3 * 1024 * 1024 + 777)
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    for offset, length, block in ((0, len(data), 1 << 20), (12345, 2_000_001, 65536), (4096, 1, 7)):
+        views = list(bytes(v) for v in mapped_blocks(Extent(path, offset, length), block))
+        assert all(len(v) <= block for v in views)
+        assert hashlib.sha256(b"".join(views)).digest() == hashlib.sha256(data[offset:offset + length]).digest()
+    with pytest.raises(ShortReadError):
+        list(mapped_blocks(Extent(path, len(data) - 10, 11)))

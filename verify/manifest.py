@@ -39,6 +39,7 @@ from verify.hashio import (
     default_jobs,
     hash_chunks,
     hasher_factory,
+    mapped_blocks,
 )
 from verify.report import WARNING, Finding, Report, merge_ranges
 
@@ -246,8 +247,7 @@ def _check_item(path: Path, entry: dict[str, Any], first: int, count: int, chunk
     """Hash chunks ``first .. first+count-1`` of one file; return the indices that differ."""
     lengths = _chunk_lengths(entry["size"], chunk_size)[first:first + count]
     ext = Extent(path, first * chunk_size, sum(lengths))
-    with BlockReader([ext], block=min(DEFAULT_BLOCK, chunk_size)) as reader:
-        got = hash_chunks(iter(reader), lengths, new, None, advance)
+    got = hash_chunks(mapped_blocks(ext, min(DEFAULT_BLOCK, chunk_size)), lengths, new, None, advance)
     want = entry["chunks"][first:first + count]
     return [first + i for i, (a, b) in enumerate(zip(got, want, strict=True)) if a.lower() != b.lower()]
 
