@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from convert.base import OutputFile, OutputItem, Target
+from convert.base import TENSOR_TASK, OutputFile, OutputItem, Target
 from convert.jax_layout import (
     AXES,
     ROOT_KEY,
@@ -144,28 +144,26 @@ class _Batch:
         self.txn = ts.Transaction()
         self.bytes = 0
         self.pending: list[tuple[str, int]] = []  # arrays complete in the open transaction
-        self.advances: list[tuple[str, int]] = []
 
     @property
     def full(self) -> bool:
         return self.bytes >= MAX_BATCH_BYTES
 
-    def add(self, key: str, nbytes: int) -> None:
+    def add(self, nbytes: int) -> None:
+        # Progress counts bytes staged in the transaction; durability is what the resume
+        # state records (at commit).
         self.bytes += nbytes
-        self.advances.append((key, nbytes))
+        self.progress.advance(TENSOR_TASK, nbytes)
 
     def finished(self, key: str, nbytes: int) -> None:
         self.pending.append((key, nbytes))
 
     def commit(self) -> None:
         self.txn.commit_async().result()
-        for key, n in self.advances:
-            self.progress.advance(key, n)
         for key, n in self.pending:
             self.sink.commit(key, n)
-            self.progress.done(key)
         self.txn = self._ts.Transaction()
-        self.bytes, self.pending, self.advances = 0, [], []
+        self.bytes, self.pending = 0, []
 
 
 def merge_root(out: Path) -> None:
@@ -234,7 +232,7 @@ class JaxTarget(Target, name="jax"):
                     continue
                 a: ArrayPlan = item.meta["array"]
                 src = sources.get(a.spec)
-                progress.task(item.key, item.in_bytes, item.key)
+                progress.task(TENSOR_TASK, a.nbytes, item.key)
                 spec = _array_spec(sink.path, a)
                 store = ts.open(spec, context=ctx, transaction=batch.txn).result()
                 for region in a.chunk_regions():
@@ -244,10 +242,11 @@ class JaxTarget(Target, name="jax"):
                         store = ts.open(_reopen(spec), context=ctx, transaction=batch.txn).result()
                     data = source_region(src, a, region)
                     store[region].write(data).result()  # copied into the transaction
-                    batch.add(item.key, data.nbytes)
+                    batch.add(data.nbytes)
                 batch.finished(item.key, a.nbytes)
                 src.release()
             batch.commit()
+            progress.done(TENSOR_TASK)
 
     def extra_files(self, out: Path) -> list[str]:
         """Files written outside the planned ones (the root OCDBT database), for the manifest."""

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from convert.base import OutputFile, OutputItem, Target
+from convert.base import TENSOR_TASK, OutputFile, OutputItem, Target
 from convert.safetensors_header import encode_header, plan_shards, shard_names
 from convert.source import OpenSources
 from convert.st_tensors import DTYPES, LAYOUTS, LM_HEAD, StEntry, entry_chunks, plan_entries, scale_name
@@ -145,13 +145,13 @@ class SafetensorsTarget(Target, name="safetensors"):
                     continue
                 entry: StEntry = item.meta["entry"]
                 src = sources.get(entry.spec)
-                progress.task(item.key, item.in_bytes, item.key)
+                progress.task(TENSOR_TASK, item.in_bytes, item.key)
                 written = since_release = 0
                 for chunk in entry_chunks(entry, src, self.options.chunk_bytes, self.options.workers):
                     sink.write(chunk)
                     written += chunk.nbytes
                     since_release += chunk.nbytes
-                    progress.advance(item.key, chunk.nbytes * item.in_bytes // item.nbytes)
+                    progress.advance(TENSOR_TASK, chunk.nbytes * item.in_bytes // item.nbytes)
                     if since_release >= RELEASE_EVERY:  # keep mapped input pages out of RSS
                         src.release()
                         since_release = 0
@@ -159,7 +159,7 @@ class SafetensorsTarget(Target, name="safetensors"):
                     raise CheckpointError(src.path, f"{item.key}: wrote {written} bytes",
                                           expected=item.nbytes, actual=written)
                 sink.commit(item.key)
-                progress.done(item.key)
+                progress.done(TENSOR_TASK)
                 src.release()
 
     def summary(self) -> dict[str, Any]:

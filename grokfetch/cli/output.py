@@ -23,6 +23,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.progress import Progress as RichBar
+from rich.table import Column
 
 from grokfetch.progress import NULL_PROGRESS, Progress
 
@@ -94,8 +95,11 @@ class RichProgress:
 
     def __init__(self, console: Console):
         self.live = RichBar(
-            TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-            TransferSpeedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
+            TextColumn("{task.description}", table_column=Column(no_wrap=True, max_width=48,
+                                                                  overflow="ellipsis")),
+            BarColumn(bar_width=24), DownloadColumn(table_column=Column(no_wrap=True, min_width=19)),
+            TransferSpeedColumn(table_column=Column(no_wrap=True, min_width=10)),
+            TimeRemainingColumn(), TextColumn("{task.fields[status]}", table_column=Column(no_wrap=True)),
             console=console, transient=False, refresh_per_second=4)
         self.tasks: dict[str, TaskID] = {}
 
@@ -122,11 +126,11 @@ class RichProgress:
             self.live.update(self.tasks[key], **kw)
 
     def done(self, key: str) -> None:
-        if key in self.tasks:
-            tid = self.tasks[key]
-            total = next((t.total for t in self.live.tasks if t.id == tid), None)
-            if total is not None:
-                self.live.update(tid, completed=total)
+        # A finished task leaves the live display, so per-tensor bars do not pile up; the
+        # command prints its own summary at the end.
+        tid = self.tasks.pop(key, None)
+        if tid is not None:
+            self.live.remove_task(tid)
 
     def event(self, kind: str, **data: Any) -> None:
         if kind == "status" and self.tasks:
