@@ -227,11 +227,8 @@ class JaxTarget(Target, name="jax"):
         ctx = ts.Context()
         batch = _Batch(sink, progress)
         with OpenSources(source) as sources:
-            for item in ofile.items:
-                if sink.done(item.key):
-                    continue
+            for item, src in sources.pending(ofile.items, sink, lambda it: it.meta["array"].spec):
                 a: ArrayPlan = item.meta["array"]
-                src = sources.get(a.spec)
                 progress.task(TENSOR_TASK, a.nbytes, item.key)
                 spec = _array_spec(sink.path, a)
                 store = ts.open(spec, context=ctx, transaction=batch.txn).result()

@@ -238,6 +238,12 @@ def make_qx_quants_rmse1(X: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarr
             best = np.where(upd, scale * sumlx, best)
             best_iscale = np.where(upd, iscale, best_iscale)
     L = _round_clip(np.multiply(X, best_iscale, out=buf), *rows, exact=exact)
+    return _offset_codes(L, nmax, zero, scale)
+
+
+def _offset_codes(L: np.ndarray, nmax: int, zero: np.ndarray, scale: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Signed levels → unsigned codes (``L + nmax``); all-zero sub-blocks get code 0, scale 0."""
     L += F32(nmax)
     Lq = L.astype(np.uint8)
     if zero.any():
@@ -302,9 +308,4 @@ def make_q3_quants_rmse(X: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarra
             suml2[active] = s2a
             active = active[changed]
         scale = np.where(suml2 > 0, sumlx / suml2, F32(0))
-    L += F32(nmax)
-    Lq = L.astype(np.uint8)
-    if zero.any():
-        Lq[:, zero] = 0
-        scale = np.where(zero, F32(0), scale)
-    return Lq, np.asarray(scale, dtype=F32)
+    return _offset_codes(L, nmax, zero, scale)

@@ -140,11 +140,8 @@ class SafetensorsTarget(Target, name="safetensors"):
     def write_file(self, ofile: OutputFile, sink, source, progress: Progress) -> None:
         sink.begin(ofile.meta["header"])
         with OpenSources(source) as sources:
-            for item in ofile.items:
-                if sink.done(item.key):
-                    continue
+            for item, src in sources.pending(ofile.items, sink, lambda it: it.meta["entry"].spec):
                 entry: StEntry = item.meta["entry"]
-                src = sources.get(entry.spec)
                 progress.task(TENSOR_TASK, item.in_bytes, item.key)
                 written = since_release = 0
                 for chunk in entry_chunks(entry, src, self.options.chunk_bytes, self.options.workers):

@@ -189,8 +189,8 @@ class OpenSources:
     file changes (targets walk their items in file order, so each file is opened once)::
 
         with OpenSources(source) as sources:
-            for item in items:
-                src = sources.get(item.spec)
+            for item, src in sources.pending(ofile.items, sink, spec_of):
+                ...
     """
 
     def __init__(self, source: SourceProvider):
@@ -204,6 +204,13 @@ class OpenSources:
             self._open = self.source.open(spec)
             self._index = spec.index
         return self._open
+
+    def pending(self, items, sink, spec_of):
+        """``(item, source tensor)`` for each item ``sink`` has not committed yet, in order;
+        ``spec_of(item)`` names the checkpoint tensor it reads."""
+        for item in items:
+            if not sink.done(item.key):
+                yield item, self.get(spec_of(item))
 
     def close(self) -> None:
         if self._open is not None:
