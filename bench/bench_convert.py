@@ -3,9 +3,9 @@
 A generated one-layer checkpoint (random int8 + bf16 scales in the real file format) is
 converted to each type twice, each in its own process so peak RSS is per run:
 
-- ``ours``: :func:`convert.run.convert` (row chunks from the memory map, header first);
+- ``ours``: :func:`grokfetch.convert.run.convert` (row chunks from the memory map, header first);
 - ``gguf_py``: the anchor — each whole tensor dequantized to float32, transposed, quantized with
-  ``gguf.quants.quantize`` (K types: the same ``convert.kquants`` function on the whole tensor,
+  ``gguf.quants.quantize`` (K types: the same ``grokfetch.convert.kquants`` function on the whole tensor,
   since gguf-py has no K quantizer) and written with ``GGUFWriter.write_tensor_data``.
 
 Prints one JSON line: MB/s of checkpoint input and peak RSS per type and path, the ratios
@@ -76,8 +76,8 @@ def write_checkpoint(root: Path, cfg, seed: int = 0) -> int:
 
 
 def run_ours(ckpt: Path, out: Path, quant: str, workers: int) -> dict:
-    from convert.base import ConvertOptions
-    from convert.run import convert
+    from grokfetch.convert.base import ConvertOptions
+    from grokfetch.convert.run import convert
 
     rep = convert(ckpt, out, ConvertOptions(quant=quant, workers=workers, name="model"))
     return {"file": str(out / rep.files[0]["path"])}
@@ -86,10 +86,10 @@ def run_ours(ckpt: Path, out: Path, quant: str, workers: int) -> dict:
 def run_gguf_py(ckpt: Path, out: Path, quant: str) -> dict:
     import gguf
     import numpy as np
+    from grokfetch.convert.base import ConvertOptions
+    from grokfetch.convert.gguf import GGUFTarget, add_metadata
+    from grokfetch.convert.quant import quantize_rows
 
-    from convert.base import ConvertOptions
-    from convert.gguf import GGUFTarget, add_metadata
-    from convert.quant import quantize_rows
     from grokfetch.checkpoint.reader import open_checkpoint
 
     ck = open_checkpoint(ckpt)
@@ -124,7 +124,7 @@ def run_gguf_py(ckpt: Path, out: Path, quant: str) -> dict:
 
 
 def _child(args: argparse.Namespace) -> None:
-    from convert.run import peak_rss_bytes
+    from grokfetch.convert.run import peak_rss_bytes
 
     t0 = time.perf_counter()
     if args.path == "ours":

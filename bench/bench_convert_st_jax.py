@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from convert.run import peak_rss_bytes  # noqa: E402
+from grokfetch.convert.run import peak_rss_bytes  # noqa: E402
 
 CASES = ("st", "st_anchor", "jax", "jax_anchor")
 
@@ -79,8 +79,8 @@ def run_case(case: str, ckpt: Path, out: Path) -> dict:
     rss0 = peak_rss_bytes()
     t0 = time.perf_counter()
     if case in ("st", "jax"):
-        from convert.base import ConvertOptions
-        from convert.run import convert
+        from grokfetch.convert.base import ConvertOptions
+        from grokfetch.convert.run import convert
 
         target = "safetensors" if case == "st" else "jax"
         convert(ckpt, out, ConvertOptions(target=target, layout="hf", dtype="bf16"))
@@ -105,9 +105,8 @@ def run_case(case: str, ckpt: Path, out: Path) -> dict:
         import jax
         import numpy as np
         import orbax.checkpoint as ocp
+        from grokfetch.convert.jax_layout import AXES, RULES, fit_pspec, param_key
         from jax.sharding import NamedSharding, PartitionSpec
-
-        from convert.jax_layout import AXES, RULES, fit_pspec, param_key
 
         mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]).reshape(1, 8), AXES)
         sizes = {"data": 1, "model": 8}

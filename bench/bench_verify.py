@@ -25,11 +25,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from grokfetch.verify.hashio import default_jobs  # noqa: E402
+from grokfetch.verify.manifest import check_manifest, write_manifest  # noqa: E402
+from grokfetch.verify.pieces import check_torrent  # noqa: E402
+from grokfetch.verify.torrentfile import parse_torrent  # noqa: E402
+
 from grokfetch.fsutil import parse_size  # noqa: E402
-from verify.hashio import default_jobs  # noqa: E402
-from verify.manifest import check_manifest, write_manifest  # noqa: E402
-from verify.pieces import check_torrent  # noqa: E402
-from verify.torrentfile import parse_torrent  # noqa: E402
 
 
 def make_files(root: Path, size: int, nfiles: int) -> list[Path]:

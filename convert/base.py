@@ -6,7 +6,7 @@ A target (``gguf``, ``safetensors``, ``jax``) is a :class:`Target` subclass regi
         def plan(self) -> list[OutputFile]: ...
         def write_file(self, ofile, sink, source, progress) -> None: ...
 
-The shared driver (:func:`convert.run.convert`, ``convert(ckpt_dir, out, options)``) does
+The shared driver (:func:`grokfetch.convert.run.convert`, ``convert(ckpt_dir, out, options)``) does
 everything that is not format-specific, in this order:
 
 1. opens the checkpoint, parses ``--layers``/``--experts`` (:meth:`ConvertOptions.normalized`),
@@ -22,7 +22,7 @@ everything that is not format-specific, in this order:
 3. refuses an existing OUT (unless ``--force`` or a resumable state of the *same* plan) and checks
    free disk space for the bytes still to write (``fsutil.check_free_space``);
 4. for each output file not yet complete calls :meth:`Target.write_file` with a sink
-   (:class:`convert.output.FileSink` for ``kind="file"``, :class:`convert.output.DirSink` for
+   (:class:`grokfetch.convert.output.FileSink` for ``kind="file"``, :class:`grokfetch.convert.output.DirSink` for
    ``kind="dir"``). The target writes through the sink only:
 
    - ``sink.begin(header_bytes)`` (files): writes the header, or on resume checks that the
@@ -40,12 +40,12 @@ everything that is not format-specific, in this order:
    bytes; the driver adds every advance to the overall ``"convert"`` task (and credits items
    skipped on resume itself).
 
-   ``source.open(spec)`` hands out a :class:`convert.source.SourceTensor` (memory-mapped,
+   ``source.open(spec)`` hands out a :class:`grokfetch.convert.source.SourceTensor` (memory-mapped,
    header-checked, waits for the file under ``--wait``) with dequantized row chunks in JAX or
    transposed (PyTorch/GGUF) orientation, already restricted to ``--experts``;
 5. writes ``model-config.json`` (the config of the *output*: ``num_layers``/``num_experts`` of a
    subset) and copies ``tokenizer.model`` into OUT, then writes the output manifest **last** (via
-   ``verify.manifest.write_manifest``) and removes the resume state.
+   ``grokfetch.verify.manifest.write_manifest``) and removes the resume state.
 
 Library code never prints: progress goes to the ``progress`` argument and errors are raised.
 """
@@ -63,8 +63,9 @@ from grokfetch.progress import Progress
 from grokfetch.spec import ModelConfig, TensorSpec
 
 if TYPE_CHECKING:  # pragma: no cover
-    from convert.output import DirSink, FileSink
-    from convert.source import SourceProvider
+    from grokfetch.convert.output import DirSink, FileSink
+    from grokfetch.convert.source import SourceProvider
+
     from grokfetch.checkpoint.reader import Checkpoint
 
 #: Default row-chunk size: how many bytes of float32 rows one worker materialises at a time.
@@ -262,7 +263,7 @@ def get_target(name: str) -> type[Target]:
 def _load_builtin_targets() -> None:
     import importlib
 
-    for mod in ("convert.gguf", "convert.safetensors", "convert.jaxstore"):
+    for mod in ("grokfetch.convert.gguf", "grokfetch.convert.safetensors", "grokfetch.convert.jaxstore"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as exc:

@@ -29,9 +29,8 @@ from typing import Any
 import numpy as np
 from gguf import GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType, GGUFValueType, GGUFWriter, Keys, TokenType
 from gguf.gguf_writer import WriterState
-
-from convert.base import TENSOR_TASK, OutputFile, OutputItem, Target, check_output_name
-from convert.gguf_read import (  # noqa: F401  (iter_params, open_gguf: re-exported for smoke)
+from grokfetch.convert.base import TENSOR_TASK, OutputFile, OutputItem, Target, check_output_name
+from grokfetch.convert.gguf_read import (  # noqa: F401  (iter_params, open_gguf: re-exported for smoke)
     ARCH,
     KEY_SCHEME,
     KEY_SOURCE_EXPERTS,
@@ -39,8 +38,8 @@ from convert.gguf_read import (  # noqa: F401  (iter_params, open_gguf: re-expor
     iter_params,
     open_gguf,
 )
-from convert.output import ordered_map
-from convert.quant import (
+from grokfetch.convert.output import ordered_map
+from grokfetch.convert.quant import (
     BF16,
     Scheme,
     check_available,
@@ -49,6 +48,7 @@ from convert.quant import (
     tensor_type,
     type_nbytes,
 )
+
 from grokfetch.checkpoint.reader import TOKENIZER_FILENAME
 from grokfetch.errors import UsageError
 from grokfetch.fsutil import file_sha256

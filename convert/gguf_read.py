@@ -23,8 +23,8 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFReader, Keys
+from grokfetch.convert.quant import dequantize_bytes
 
-from convert.quant import dequantize_bytes
 from grokfetch.errors import CheckpointError, NotFoundError
 from grokfetch.spec import TensorSpec, TensorTable
 

@@ -11,7 +11,7 @@ writes one (zarr3 arrays in OCDBT, one database per process merged into a root d
     OUT/_METADATA                 the tree (written last: orbax's commit marker)
     OUT/model-config.json, tokenizer.model, grokfetch-manifest.json   (the shared driver)
 
-Array names, partition rules and chunk shapes are in :mod:`convert.jax_layout`. int8 weights
+Array names, partition rules and chunk shapes are in :mod:`grokfetch.convert.jax_layout`. int8 weights
 and bf16 scales are stored as they are (no dequantization), float tensors as float32.
 
 Loading (see :func:`restore`)::
@@ -29,9 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from convert.base import TENSOR_TASK, OutputFile, OutputItem, Target
-from convert.jax_layout import (
+from grokfetch.convert.base import TENSOR_TASK, OutputFile, OutputItem, Target
+from grokfetch.convert.jax_layout import (
     AXES,
     ROOT_KEY,
     RULES,
@@ -42,7 +41,8 @@ from convert.jax_layout import (
     plan_arrays,
     source_region,
 )
-from convert.source import OpenSources
+from grokfetch.convert.source import OpenSources
+
 from grokfetch.errors import CheckpointError, UsageError
 from grokfetch.progress import Progress
 from grokfetch.spec import TensorSpec, TensorTable

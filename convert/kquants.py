@@ -17,8 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
-from convert.kquants_search import (
+from grokfetch.convert.kquants_search import (
     F32,
     GROUP_MAX_EPS,
     first_absmax,

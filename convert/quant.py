@@ -9,7 +9,7 @@ block size. ``docs/convert.md`` lists the resulting recipe per scheme.
 
 :func:`quantize_rows` turns float32 rows into the type's bytes: gguf-py's numpy quantizers for
 F32/F16/BF16/Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 (bit-identical to ggml's C reference), the project's
-:mod:`convert.kquants` for Q2_K..Q6_K.
+:mod:`grokfetch.convert.kquants` for Q2_K..Q6_K.
 """
 
 from __future__ import annotations
@@ -173,9 +173,9 @@ def tensor_type(scheme: Scheme, spec: TensorSpec, *, layer: int | None, n_layers
 
 
 def kquant_fn(qtype: GGMLQuantizationType):
-    """The K-quant quantizer for ``qtype`` from :mod:`convert.kquants`; UsageError if absent."""
+    """The K-quant quantizer for ``qtype`` from :mod:`grokfetch.convert.kquants`; UsageError if absent."""
     try:
-        from convert import kquants  # type: ignore[attr-defined]
+        from grokfetch.convert import kquants  # type: ignore[attr-defined]
     except ImportError as exc:
         raise UsageError(f"{qtype.name} needs convert.kquants, which is not available ({exc})",
                          hint="use --quant Q8_0/Q5_0/Q4_0 or --bits 16") from None

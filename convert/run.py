@@ -1,8 +1,8 @@
-"""The one conversion driver shared by every target (see :mod:`convert.base` for the contract).
+"""The one conversion driver shared by every target (see :mod:`grokfetch.convert.base` for the contract).
 
 ``convert(ckpt_dir, out, options, progress=...)`` checks everything it can before writing a
 byte (options, tokenizer, checkpoint files, an existing OUT, free disk space), then streams the
-planned files through :mod:`convert.output` sinks, adds ``model-config.json`` and
+planned files through :mod:`grokfetch.convert.output` sinks, adds ``model-config.json`` and
 ``tokenizer.model``, writes the output manifest last and returns a :class:`ConvertReport`.
 """
 
@@ -18,15 +18,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from convert.base import ConvertOptions, OutputFile, Target, get_target
-from convert.output import STATE_FILENAME, ConvertState, DirSink, FileSink
-from convert.source import SourceProvider
+from grokfetch.convert.base import ConvertOptions, OutputFile, Target, get_target
+from grokfetch.convert.output import STATE_FILENAME, ConvertState, DirSink, FileSink
+from grokfetch.convert.source import SourceProvider
+from grokfetch.verify.manifest import MANIFEST_NAME, StreamHasher, build_manifest, write_manifest
+
 from grokfetch.checkpoint.reader import TOKENIZER_FILENAME, Checkpoint, open_checkpoint
 from grokfetch.errors import CheckpointError, NotFoundError, OutputExistsError, UsageError
 from grokfetch.fsutil import atomic_file, check_free_space, check_relpath, partial_path, safe_join
 from grokfetch.progress import NULL_PROGRESS, Progress
 from grokfetch.spec import CONFIG_FILENAME, TensorSpec
-from verify.manifest import MANIFEST_NAME, StreamHasher, build_manifest, write_manifest
 
 TOTAL_KEY = "convert"
 

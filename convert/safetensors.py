@@ -11,7 +11,7 @@ Output (``--layout hf``, the keyfan ``GrokForCausalLM`` names llama.cpp's
 Each shard's header is computed from the tensor table before any data is read (every size is
 known), written first, and then each tensor's bytes follow in row chunks taken from the
 memory-mapped checkpoint; a shard is never held in memory. The tensors, names and the int8
-scale convention are described in :mod:`convert.st_tensors`.
+scale convention are described in :mod:`grokfetch.convert.st_tensors`.
 
 :func:`iter_params` reads an output back with ``safetensors.safe_open`` in JAX layout, for the
 smoke test.
@@ -26,11 +26,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from grokfetch.convert.base import TENSOR_TASK, OutputFile, OutputItem, Target
+from grokfetch.convert.safetensors_header import encode_header, plan_shards, shard_names
+from grokfetch.convert.source import OpenSources
+from grokfetch.convert.st_tensors import (
+    DTYPES,
+    LAYOUTS,
+    LM_HEAD,
+    StEntry,
+    entry_chunks,
+    plan_entries,
+    scale_name,
+)
 
-from convert.base import TENSOR_TASK, OutputFile, OutputItem, Target
-from convert.safetensors_header import encode_header, plan_shards, shard_names
-from convert.source import OpenSources
-from convert.st_tensors import DTYPES, LAYOUTS, LM_HEAD, StEntry, entry_chunks, plan_entries, scale_name
 from grokfetch.errors import CheckpointError, UnsafePathError, UsageError
 from grokfetch.fsutil import safe_join
 from grokfetch.progress import Progress

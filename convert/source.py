@@ -233,7 +233,7 @@ class SourceProvider:
 
     With ``wait=True`` a file is used once it has exactly ``spec.file_bytes`` bytes, passes the
     header check and, when the download folder holds ``.grokfetch/*.torrent`` and
-    ``verify.pieces.check_file`` is available, its pieces hash-check against the torrent.
+    ``grokfetch.verify.pieces.check_file`` is available, its pieces hash-check against the torrent.
     ``checked_by`` records which check was applied ("pieces" or "size+header").
     """
 
@@ -286,7 +286,7 @@ class SourceProvider:
 
 def _find_piece_checker(ckpt: Checkpoint):
     """A ``spec -> bool`` piece-hash check when ``.grokfetch/*.torrent`` and
-    ``verify.pieces.check_torrent`` are available (else None: size + header only).
+    ``grokfetch.verify.pieces.check_torrent`` are available (else None: size + header only).
 
     The torrent's files are matched to checkpoint files by path (``ckpt-0/tensorNNNNN_000``,
     possibly below the torrent's top folder); only the pieces covering that one file are hashed
@@ -305,8 +305,8 @@ def _find_piece_checker(ckpt: Checkpoint):
     if not torrents:
         return None
     try:
-        from verify.pieces import check_torrent
-        from verify.torrentfile import load_torrent
+        from grokfetch.verify.pieces import check_torrent
+        from grokfetch.verify.torrentfile import load_torrent
     except ImportError:
         return None
     try:

@@ -24,9 +24,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from grokfetch.convert.safetensors_header import StTensor
+from grokfetch.convert.source import SourceTensor, blocked_transpose
 
-from convert.safetensors_header import StTensor
-from convert.source import SourceTensor, blocked_transpose
 from grokfetch.checkpoint.reader import BF16
 from grokfetch.spec import ModelConfig, TensorSpec, TensorTable
 
@@ -112,7 +112,7 @@ def entry_chunks(entry: StEntry, src: SourceTensor, chunk_bytes: int, workers: i
     ``workers > 1`` up to ``workers + 1`` blocks are computed at once on threads (numpy releases
     the GIL in the casts, multiplies and copies), still yielded in order.
     """
-    from convert.output import ordered_map
+    from grokfetch.convert.output import ordered_map
 
     yield from ordered_map(lambda job: job(), _chunk_jobs(entry, src, chunk_bytes), workers)
 

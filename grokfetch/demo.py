@@ -90,15 +90,15 @@ def run_demo(workdir: Path | str | None = None, *, keep: bool = False, preset: s
     JAX must be configured for ``devices`` CPU devices before this is called (the CLI does it;
     see :func:`grokfetch.smoke.mesh.setup_jax`).
     """
-    from convert.base import ConvertOptions
-    from convert.run import convert
     from grokfetch.checkpoint.fixture import write_fixture
+    from grokfetch.convert.base import ConvertOptions
+    from grokfetch.convert.run import convert
     from grokfetch.smoke.run import SmokeOptions, smoke
     from grokfetch.torrent.create import create_torrent
     from grokfetch.torrent.job import DownloadOptions, download
     from grokfetch.torrent.seed import Seeder
-    from verify.manifest import check_manifest, write_manifest
-    from verify.run import verify
+    from grokfetch.verify.manifest import check_manifest, write_manifest
+    from grokfetch.verify.run import verify
 
     own_tmp = workdir is None
     work = Path(tempfile.mkdtemp(prefix="grokfetch-demo-")) if own_tmp else Path(workdir)

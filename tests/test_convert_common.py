@@ -11,8 +11,7 @@ import time
 import ml_dtypes
 import numpy as np
 import pytest
-
-from convert.base import (
+from grokfetch.convert.base import (
     ConvertOptions,
     OutputFile,
     OutputItem,
@@ -21,9 +20,11 @@ from convert.base import (
     parse_experts,
     subset_config,
 )
-from convert.output import STATE_FILENAME, ConvertState, DirSink, FileSink, ordered_map
-from convert.run import convert
-from convert.source import OpenSources, SourceProvider, SourceTensor, blocked_transpose
+from grokfetch.convert.output import STATE_FILENAME, ConvertState, DirSink, FileSink, ordered_map
+from grokfetch.convert.run import convert
+from grokfetch.convert.source import OpenSources, SourceProvider, SourceTensor, blocked_transpose
+from grokfetch.verify.manifest import MANIFEST_NAME, build_manifest
+
 from grokfetch.checkpoint.reader import open_checkpoint
 from grokfetch.errors import (
     CheckpointError,
@@ -33,7 +34,6 @@ from grokfetch.errors import (
     UsageError,
 )
 from grokfetch.spec import PRESETS
-from verify.manifest import MANIFEST_NAME, build_manifest
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 
@@ -279,7 +279,7 @@ def test_driver_never_writes_or_deletes_outside_out(tiny_ckpt, tmp_path):
 
 
 def test_manifest_is_hashed_while_writing(tiny_ckpt, tmp_path, monkeypatch):
-    import convert.run as run
+    import grokfetch.convert.run as run
 
     asked: list[list[str]] = []
     real = run.build_manifest
@@ -390,7 +390,7 @@ def test_wait_times_out_with_clear_error(tiny_ckpt, tmp_path):
     dl = tmp_path / "dl"
     shutil.copytree(tiny_ckpt, dl)
     (dl / "ckpt-0" / "tensor00009_000").unlink()
-    from convert.source import WaitTimeout
+    from grokfetch.convert.source import WaitTimeout
 
     ck = open_checkpoint(dl)
     prov = SourceProvider(ck, wait=True, wait_timeout=0.3, poll=0.05)
@@ -401,7 +401,7 @@ def test_wait_times_out_with_clear_error(tiny_ckpt, tmp_path):
 def test_wait_maps_the_file_it_checked(tiny_ckpt, tmp_path):
     """Under --wait a full-size file with a bad header is waited on; once good, the source
     that checked it is the one handed out (no second open)."""
-    from convert.source import WaitTimeout
+    from grokfetch.convert.source import WaitTimeout
 
     dl = tmp_path / "dl"
     shutil.copytree(tiny_ckpt, dl)
@@ -419,7 +419,8 @@ def test_wait_maps_the_file_it_checked(tiny_ckpt, tmp_path):
 
 
 def test_wait_hash_checks_pieces_when_the_torrent_is_saved(tiny_ckpt, tmp_path):
-    from convert.source import WaitTimeout
+    from grokfetch.convert.source import WaitTimeout
+
     from grokfetch.torrent.create import create_torrent
 
     dl = tmp_path / "dl"
@@ -444,7 +445,7 @@ def test_wait_hash_checks_pieces_when_the_torrent_is_saved(tiny_ckpt, tmp_path):
 
 
 def test_dir_sink_resumes_and_renames(tmp_path):
-    from convert.output import DirSink
+    from grokfetch.convert.output import DirSink
 
     state = ConvertState(tmp_path, {})
     sink = DirSink(tmp_path, "arr", state)

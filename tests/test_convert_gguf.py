@@ -17,17 +17,17 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 from gguf import GGMLQuantizationType as T
+from grokfetch.convert.base import ConvertOptions
+from grokfetch.convert.gguf import add_metadata, iter_params, load_vocab
+from grokfetch.convert.gguf_read import GGUFModel
+from grokfetch.convert.output import STATE_FILENAME
+from grokfetch.convert.quant import resolve_scheme
+from grokfetch.convert.run import convert
+from grokfetch.verify.manifest import MANIFEST_NAME, build_manifest
 
-from convert.base import ConvertOptions
-from convert.gguf import add_metadata, iter_params, load_vocab
-from convert.gguf_read import GGUFModel
-from convert.output import STATE_FILENAME
-from convert.quant import resolve_scheme
-from convert.run import convert
 from grokfetch.checkpoint.reader import open_checkpoint
 from grokfetch.errors import CheckpointError, UsageError
 from grokfetch.spec import GROK_1, ModelConfig, TensorTable
-from verify.manifest import MANIFEST_NAME, build_manifest
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 REPO = Path(__file__).resolve().parents[1]
@@ -155,7 +155,7 @@ def test_k_mixes_follow_llama_cpp_recipe(mini_ckpt, tmp_path, quant):
 
 def test_recipe_on_grok1_shapes():
     """The Q4_K_M recipe on the real Grok-1 table (no data): llama.cpp's use_more_bits layers."""
-    from convert.quant import tensor_type
+    from grokfetch.convert.quant import tensor_type
 
     table = TensorTable(GROK_1)
     sch = resolve_scheme(bits=4)
@@ -183,7 +183,7 @@ def test_recipe_on_grok1_shapes():
     ("BF16", ("BF16", "BF16", "BF16", "BF16", "BF16")),
 ])
 def test_other_mixes_on_grok1_shapes(scheme, expect):
-    from convert.quant import tensor_type
+    from grokfetch.convert.quant import tensor_type
 
     table = TensorTable(GROK_1)
     sch = resolve_scheme(quant=scheme)
@@ -416,7 +416,7 @@ def test_output_stem_is_checked_whatever_the_config_says(tiny_ckpt):
     """Defence in depth: the GGUF stem is checked even for a config built in code."""
     import copy
 
-    from convert.gguf import GGUFTarget
+    from grokfetch.convert.gguf import GGUFTarget
 
     ck = open_checkpoint(tiny_ckpt)
     target = GGUFTarget(ck, ck.table.select(None), ConvertOptions(bits=16))
@@ -483,7 +483,7 @@ def test_tensors_are_what_llama_cpp_grok_loader_creates(tiny_ckpt, tiny_bf16):
 
 
 def test_interrupted_split_conversion_resumes_to_identical_files(tiny_ckpt, tmp_path, monkeypatch):
-    from convert import gguf as gguf_target
+    from grokfetch.convert import gguf as gguf_target
 
     ref = convert(tiny_ckpt, tmp_path / "ref", ConvertOptions(bits=8, split_size=1_000_000))
     assert len(ref.files) >= 3
@@ -497,7 +497,7 @@ def test_interrupted_split_conversion_resumes_to_identical_files(tiny_ckpt, tmp_
         return real(self, *a, **kw)
 
     monkeypatch.setattr(gguf_target.GGUFTarget, "_write_tensor", dying)
-    monkeypatch.setattr("convert.output.SYNC_BYTES", 100_000)  # durable commits every ~100 kB
+    monkeypatch.setattr("grokfetch.convert.output.SYNC_BYTES", 100_000)  # durable commits every ~100 kB
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         convert(tiny_ckpt, out, ConvertOptions(bits=8, split_size=1_000_000))

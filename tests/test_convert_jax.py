@@ -7,17 +7,17 @@ import json
 import math
 from pathlib import Path
 
+import grokfetch.convert.jaxstore as jaxstore
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 import tensorstore as ts
+from grokfetch.convert.base import ConvertOptions
+from grokfetch.convert.jax_layout import RULES, chunk_shape, fit_pspec, param_key, plan_arrays, shard_shape
+from grokfetch.convert.jaxstore import DATA_DIR, iter_params, make_mesh, restore
+from grokfetch.convert.run import convert
 
-import convert.jaxstore as jaxstore
-from convert.base import ConvertOptions
-from convert.jax_layout import RULES, chunk_shape, fit_pspec, param_key, plan_arrays, shard_shape
-from convert.jaxstore import DATA_DIR, iter_params, make_mesh, restore
-from convert.run import convert
 from grokfetch.checkpoint.reader import open_checkpoint
 from grokfetch.errors import OutputExistsError, UsageError
 from grokfetch.progress import InterruptAfter
@@ -154,7 +154,7 @@ def test_iter_params_reads_with_tensorstore(jax_out, tiny_ckpt):
 
 
 def test_output_manifest_covers_every_file(jax_out):
-    from verify.manifest import MANIFEST_NAME, list_files
+    from grokfetch.verify.manifest import MANIFEST_NAME, list_files
 
     listed = {e["path"] for e in json.loads((jax_out / MANIFEST_NAME).read_text())["files"]}
     assert listed == set(list_files(jax_out))

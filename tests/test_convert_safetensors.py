@@ -12,12 +12,12 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
+from grokfetch.convert.base import ConvertOptions
+from grokfetch.convert.run import convert
+from grokfetch.convert.safetensors import HF_CONFIG_NAME, INDEX_NAME, hf_config, iter_params, lm_head
+from grokfetch.convert.safetensors_header import StTensor, encode_header, plan_shards
 from safetensors import safe_open
 
-from convert.base import ConvertOptions
-from convert.run import convert
-from convert.safetensors import HF_CONFIG_NAME, INDEX_NAME, hf_config, iter_params, lm_head
-from convert.safetensors_header import StTensor, encode_header, plan_shards
 from grokfetch.checkpoint.reader import BF16, open_checkpoint
 from grokfetch.errors import CheckpointError, OutputExistsError, UsageError
 from grokfetch.progress import InterruptAfter
@@ -269,7 +269,7 @@ def test_resume_after_interruption_gives_identical_bytes(tiny_ckpt, tmp_path, ou
     assert report.resumed
     assert _digest(out) == _digest(outputs[("hf", "bf16")])
     assert not list(out.glob("*.partial"))
-    from verify.manifest import MANIFEST_NAME, build_manifest
+    from grokfetch.verify.manifest import MANIFEST_NAME, build_manifest
 
     assert json.loads((out / MANIFEST_NAME).read_text()) == build_manifest(out)
 

@@ -15,13 +15,12 @@ import os
 import struct
 
 import gguf
+import grokfetch.convert.kquants as kq
 import numpy as np
 import pytest
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
-
-import convert.kquants as kq
-from convert.kquants import KQUANTS
+from grokfetch.convert.kquants import KQUANTS
 
 f = np.float32
 QK_K = 256
@@ -645,7 +644,7 @@ def test_byte_identical_to_llama_cpp_c(qtype, blocks):
 
 
 def test_nearest_int_matches_the_c_bit_trick():
-    from convert.kquants_search import nearest_int as vec_nearest_int
+    from grokfetch.convert.kquants_search import nearest_int as vec_nearest_int
 
     vals = np.array(
         [0.0, -0.0, 0.5, 1.5, 2.5, -0.5, -1.5, 3.49999, 4194303.0, -4194303.0, 4194304.5, 1e10,
@@ -658,7 +657,7 @@ def test_nearest_int_matches_the_c_bit_trick():
 
 def test_seqsum_is_sequential_like_c():
     """Guards the numpy behaviour the port relies on: axis-0 reduce == left-to-right loop."""
-    from convert.kquants_search import seqsum
+    from grokfetch.convert.kquants_search import seqsum
 
     rng = np.random.default_rng(4)
     for M in (1, 2, 3, 8, 1000):

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 import xxhash
-
-from verify.manifest import (
+from grokfetch.verify.manifest import (
     MANIFEST_NAME,
     StreamHasher,
     build_manifest,
@@ -197,7 +196,7 @@ def test_manifest_create_cli(ckpt, tmp_path, run_cli):
 def test_mapped_blocks_equal_plain_reads_at_unaligned_offsets(tmp_path):
     import hashlib
 
-    from verify.hashio import Extent, ShortReadError, mapped_blocks
+    from grokfetch.verify.hashio import Extent, ShortReadError, mapped_blocks
 
     data = os.urandom(3 * 1024 * 1024 + 777)
     path = tmp_path / "blob"

@@ -27,10 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from grokfetch.errors import UnsafePathError, UsageError
-from grokfetch.fsutil import check_relpath, safe_join, write_atomic
-from grokfetch.progress import NULL_PROGRESS, Progress
-from verify.hashio import (
+from grokfetch.verify.hashio import (
     DEFAULT_BLOCK,
     BlockReader,
     Extent,
@@ -41,7 +38,11 @@ from verify.hashio import (
     hasher_factory,
     mapped_blocks,
 )
-from verify.report import WARNING, Finding, Report, merge_ranges
+from grokfetch.verify.report import WARNING, Finding, Report, merge_ranges
+
+from grokfetch.errors import UnsafePathError, UsageError
+from grokfetch.fsutil import check_relpath, safe_join, write_atomic
+from grokfetch.progress import NULL_PROGRESS, Progress
 
 MANIFEST_NAME = "grokfetch-manifest.json"
 MANIFEST_FORMAT = "grokfetch-manifest"

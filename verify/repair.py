@@ -14,10 +14,11 @@ import ipaddress
 import os
 from pathlib import Path
 
+from grokfetch.verify.report import Report
+from grokfetch.verify.run import plan, verify
+
 from grokfetch.errors import UsageError
 from grokfetch.progress import NULL_PROGRESS, Progress
-from verify.report import Report
-from verify.run import plan, verify
 
 REPAIRABLE = ("missing", "truncated", "corrupted", "unreadable")
 DEFAULT_TIMEOUT = 600.0

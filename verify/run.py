@@ -11,14 +11,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from grokfetch.verify.bencode import decode
+from grokfetch.verify.manifest import MANIFEST_NAME, STATE_DIR, check_manifest
+from grokfetch.verify.pieces import check_torrent
+from grokfetch.verify.report import Report
+from grokfetch.verify.structure import check_structure
+from grokfetch.verify.torrentfile import Torrent, load_torrent
+
 from grokfetch.errors import NotFoundError, UsageError
 from grokfetch.progress import NULL_PROGRESS, Progress
-from verify.bencode import decode
-from verify.manifest import MANIFEST_NAME, STATE_DIR, check_manifest
-from verify.pieces import check_torrent
-from verify.report import Report
-from verify.structure import check_structure
-from verify.torrentfile import Torrent, load_torrent
 
 
 @dataclass

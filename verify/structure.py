@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from grokfetch.verify.report import WARNING, Finding, Report
 
 from grokfetch.checkpoint.reader import open_checkpoint
 from grokfetch.errors import CheckpointError
 from grokfetch.progress import NULL_PROGRESS, Progress
 from grokfetch.spec import CONFIG_FILENAME, TensorSpec
-from verify.report import WARNING, Finding, Report
 
 #: float32 tensors up to this size are read to check they are finite (the norms and routers;
 #: not the 3.2 GB embedding, which only the hashes cover).

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from grokfetch.verify.bencode import decode_torrent
+
 from grokfetch.errors import UsageError
-from verify.bencode import decode_torrent
 
 
 @dataclass(frozen=True)

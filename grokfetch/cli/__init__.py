@@ -12,7 +12,6 @@ import importlib
 import os
 import sys
 
-import click
 import typer
 
 from grokfetch.errors import GrokfetchError
@@ -54,6 +53,23 @@ def debug_enabled() -> bool:
     return os.environ.get("GROKFETCH_DEBUG", "") not in ("", "0")
 
 
+def _usage_error(exc: typer.TyperException) -> int:
+    """Print a command-line parsing error as one ``error:`` line plus the usage line; exit 2.
+
+    typer (>= 0.29) raises its bundled click's exceptions, all :class:`typer.TyperException`;
+    a usage error is one with exit code 2 and (usually) the parsing context attached.
+    """
+    ctx = getattr(exc, "ctx", None)
+    if ctx is not None and type(exc).__name__ == "NoArgsIsHelpError":  # a group called bare
+        sys.stdout.write(ctx.get_help() + "\n")
+        return 0
+    message = exc.format_message().strip().splitlines()
+    sys.stderr.write(f"error: {' '.join(line.strip() for line in message)}\n")
+    if ctx is not None:
+        sys.stderr.write(f"{ctx.get_usage()}\nTry '{ctx.command_path} --help' for help.\n")
+    return exc.exit_code
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code instead of raising (tests call this directly)."""
     from grokfetch.cli.output import Output
@@ -61,22 +77,21 @@ def main(argv: list[str] | None = None) -> int:
     out = Output()
     try:
         rv = app(args=argv, prog_name="grokfetch", standalone_mode=False)
-    except click.exceptions.UsageError as exc:
-        exc.show()
-        return 2
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return exc.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         out.error("interrupted")
         return 130
     except GrokfetchError as exc:
         if debug_enabled():
             raise
-        out.error(str(exc), exc.hint or "set GROKFETCH_DEBUG=1 for a traceback")
+        hint = exc.hint or (None if exc.exit_code == 2 else "set GROKFETCH_DEBUG=1 for a traceback")
+        out.error(str(exc), hint)
         return exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
+    except typer.TyperException as exc:
+        if debug_enabled():
+            raise
+        return _usage_error(exc)
     except OSError as exc:
         if debug_enabled():
             raise

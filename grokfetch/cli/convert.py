@@ -74,10 +74,10 @@ def register(app: typer.Typer) -> None:
         sglang names) or tensorstore/orbax, streaming tensor by tensor with bounded memory;
         resumable, files renamed when complete, output manifest last.
         """
-        from convert.base import DEFAULT_SHARD_SIZE, ConvertOptions
-        from convert.jax_layout import parse_mesh
-        from convert.run import convert as run_convert
         from grokfetch.cli.output import Output
+        from grokfetch.convert.base import DEFAULT_SHARD_SIZE, ConvertOptions
+        from grokfetch.convert.jax_layout import parse_mesh
+        from grokfetch.convert.run import convert as run_convert
         from grokfetch.errors import Interrupted, UsageError
         from grokfetch.fsutil import parse_size
 

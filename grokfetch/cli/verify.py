@@ -115,14 +115,14 @@ def register(app: typer.Typer) -> None:
         out = Output(json_mode=json_, quiet=quiet)
         with out.progress() as progress:
             if repair:
-                from verify.repair import verify_and_repair
+                from grokfetch.verify.repair import verify_and_repair
 
                 report = verify_and_repair(directory, torrent=torrent, structure=structure,
                                            preset=preset, jobs=jobs, scheme=hashes,
                                            peers=peer or [], manifest=manifest,
                                            all_files=all_files, progress=progress)
             else:
-                from verify.run import verify as run_verify
+                from grokfetch.verify.run import verify as run_verify
 
                 report = run_verify(directory, torrent=torrent, manifest=manifest,
                                     structure=structure, preset=preset, jobs=jobs, scheme=hashes,
@@ -163,8 +163,8 @@ def register(app: typer.Typer) -> None:
         from grokfetch.cli.output import Output
         from grokfetch.errors import NotFoundError, OutputExistsError, UsageError
         from grokfetch.fsutil import parse_size
-        from verify.hashio import hasher_factory
-        from verify.manifest import MANIFEST_NAME, list_files, write_manifest
+        from grokfetch.verify.hashio import hasher_factory
+        from grokfetch.verify.manifest import MANIFEST_NAME, list_files, write_manifest
 
         if not directory.is_dir():
             raise NotFoundError(directory, "folder to hash")

@@ -5,8 +5,8 @@ or ``*.safetensors``; ``ckpt-0/tensor*`` pickles; OCDBT/orbax markers such as ``
 ``manifest.ocdbt``) and wraps its reader. Each reader yields ``(spec, weight, scales | None)`` in
 JAX layout: the original pickles through :func:`~grokfetch.checkpoint.reader.open_checkpoint`
 (int8 + bf16 scales, memory-mapped), the converted formats through their readers, imported
-when used: ``convert.safetensors.iter_params`` / ``convert.jaxstore.iter_params``, and for GGUF
-``convert.gguf_read.open_gguf`` (parsed once; the same parse decides ``lossless``). A damaged
+when used: ``grokfetch.convert.safetensors.iter_params`` / ``grokfetch.convert.jaxstore.iter_params``, and for GGUF
+``grokfetch.convert.gguf_read.open_gguf`` (parsed once; the same parse decides ``lossless``). A damaged
 file is one :class:`~grokfetch.errors.CheckpointError`. Placement copies only the slice each
 device owns (``jax.make_array_from_callback``), so no tensor sits on the host twice and the
 same code works when the mesh spans several processes.
@@ -28,7 +28,7 @@ from grokfetch.errors import CheckpointError, GrokfetchError, NotFoundError
 from grokfetch.spec import TENSOR_DIR, ModelConfig, TensorSpec, TensorTable, load_config
 
 if TYPE_CHECKING:
-    from convert.gguf_read import GGUFModel
+    from grokfetch.convert.gguf_read import GGUFModel
 
 Item = tuple[TensorSpec, np.ndarray, "np.ndarray | None"]
 Iter = Callable[[list[TensorSpec]], Iterator[Item]]
@@ -58,7 +58,7 @@ def detect_format(path: Path, preset: str | None = None) -> tuple[str, Path]:
     Raises:
         NotFoundError: nothing that looks like a checkpoint.
     """
-    from convert.safetensors import INDEX_NAME
+    from grokfetch.convert.safetensors import INDEX_NAME
 
     path = Path(path)
     if not path.exists():
@@ -194,7 +194,7 @@ def _subset_iter(fmt: str, fn: Callable[[Path, TensorTable], Iterator[Item]], ro
 
 def _gguf_iter(model: GGUFModel, table: TensorTable) -> Iter:
     """The tensors of an already-parsed GGUF (the file is not parsed again)."""
-    from convert.gguf_read import iter_params
+    from grokfetch.convert.gguf_read import iter_params
 
     return lambda specs: iter_params(model, table, specs)
 
@@ -218,7 +218,7 @@ def open_source(path: Path | str, preset: str | None = None) -> Source:
     if fmt == "pickle":
         it = _pickle_iter(root, config)
     elif fmt == "gguf":
-        from convert.gguf_read import open_gguf
+        from grokfetch.convert.gguf_read import open_gguf
 
         model = open_gguf(Path(path) if Path(path).is_file() else root)
         it = _gguf_iter(model, table)
@@ -226,11 +226,11 @@ def open_source(path: Path | str, preset: str | None = None) -> Source:
     elif fmt == "safetensors":
         from safetensors import SafetensorError
 
-        from convert.safetensors import iter_params as st_iter
+        from grokfetch.convert.safetensors import iter_params as st_iter
 
         it = _subset_iter(fmt, st_iter, root, table, (SafetensorError, ValueError))
     else:
-        from convert.jaxstore import iter_params as jax_iter
+        from grokfetch.convert.jaxstore import iter_params as jax_iter
 
         # tensorstore reports a damaged store as ValueError (e.g. OUT_OF_RANGE, DATA_LOSS).
         it = _subset_iter(fmt, jax_iter, root, table, (ValueError,))
