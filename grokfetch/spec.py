@@ -179,6 +179,21 @@ PRESETS: dict[str, ModelConfig] = {
         embedding_multiplier_scale=math.sqrt(128),
         attn_output_multiplier=1 / math.sqrt(8),
     ),
+    # Like mini, but every GGUF row length (256 wide, ffn 512) is a multiple of 256, so each
+    # K-quant type runs through convert instead of falling back; 4 layers, about 20 MB.
+    "kquant": dataclasses.replace(
+        GROK_1,
+        name="kquant",
+        vocab_size=1024,
+        emb_size=256,
+        key_size=16,
+        num_q_heads=16,
+        num_layers=4,
+        widening_factor=3,
+        sequence_len=512,
+        embedding_multiplier_scale=16.0,
+        attn_output_multiplier=0.25,
+    ),
 }
 
 

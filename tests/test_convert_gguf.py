@@ -153,51 +153,68 @@ def test_k_mixes_follow_llama_cpp_recipe(mini_ckpt, tmp_path, quant):
         assert types[f"blk.{b}.ffn_norm.weight"] == types[f"blk.{b}.ffn_gate_inp.weight"] == "F32"
 
 
-def test_recipe_on_grok1_shapes():
-    """The Q4_K_M recipe on the real Grok-1 table (no data): llama.cpp's use_more_bits layers."""
-    from grokfetch.convert.quant import tensor_type
+# llama.cpp's llama_tensor_get_type (src/llama-quant.cpp) evaluated by hand for Grok-1: 64 layers,
+# 8 experts, n_gqa 6, no output.weight (token_embd takes the output branch), every row length a
+# multiple of 256, no imatrix. Written out literally, not recomputed with our own helpers.
+# ffn_down gets Q6_K in Q4_K_M/Q5_K_M on use_more_bits layers: the first and last eighth and every
+# third layer in between, counting from n/8 + 2.
+MORE_BITS_64 = [0, 1, 2, 3, 4, 5, 6, 7, 10, 13, 16, 19, 22, 25, 28, 31, 34, 37, 40, 43, 46, 49, 52,
+                55, 56, 57, 58, 59, 60, 61, 62, 63]
+# scheme: token_embd, attn_q, attn_k, attn_v, attn_output, ffn_gate/up, ffn_down {layer: type}
+LLAMA_CPP_GROK1 = {
+    "Q2_K": ("Q6_K", "Q2_K", "Q8_0", "Q8_0", "Q5_K", "Q2_K", {i: "Q3_K" for i in range(64)}),
+    "Q3_K_S": ("Q6_K", "Q3_K", "Q8_0", "Q8_0", "Q5_K", "Q3_K", {i: "Q3_K" for i in range(64)}),
+    "Q3_K_M": ("Q6_K", "Q3_K", "Q8_0", "Q8_0", "Q5_K", "Q3_K",
+               {i: "Q5_K" if i < 4 else "Q4_K" for i in range(64)}),
+    "Q3_K_L": ("Q6_K", "Q3_K", "Q8_0", "Q8_0", "Q3_K", "Q3_K", {i: "Q5_K" for i in range(64)}),
+    "Q4_K_S": ("Q6_K", "Q4_K", "Q8_0", "Q8_0", "Q5_K", "Q4_K",
+               {i: "Q5_K" if i < 8 else "Q4_K" for i in range(64)}),
+    "Q4_K_M": ("Q6_K", "Q4_K", "Q8_0", "Q8_0", "Q5_K", "Q4_K",
+               {i: "Q6_K" if i in MORE_BITS_64 else "Q4_K" for i in range(64)}),
+    "Q5_K_S": ("Q6_K", "Q5_K", "Q8_0", "Q8_0", "Q5_K", "Q5_K", {i: "Q5_K" for i in range(64)}),
+    "Q5_K_M": ("Q6_K", "Q5_K", "Q8_0", "Q8_0", "Q5_K", "Q5_K",
+               {i: "Q6_K" if i in MORE_BITS_64 else "Q5_K" for i in range(64)}),
+    "Q6_K": ("Q6_K", "Q6_K", "Q8_0", "Q8_0", "Q6_K", "Q6_K", {i: "Q6_K" for i in range(64)}),
+    "Q8_0": ("Q8_0", "Q8_0", "Q8_0", "Q8_0", "Q8_0", "Q8_0", {i: "Q8_0" for i in range(64)}),
+    "Q4_0": ("Q6_K", "Q4_0", "Q8_0", "Q8_0", "Q4_0", "Q4_0", {i: "Q4_0" for i in range(64)}),
+}
 
-    table = TensorTable(GROK_1)
-    sch = resolve_scheme(bits=4)
 
-    def ty(slot, layer):
-        spec = table.get(slot, layer)
-        return tensor_type(sch, spec, layer=layer, n_layers=64, n_experts=8,
-                           ne0=spec.gguf_shape[-1], n_gqa=6).name
-
-    more = [i for i in range(64) if ty("moe_down", i) == "Q6_K"]
-    assert more == [i for i in range(64) if i < 8 or i >= 56 or (i - 8) % 3 == 2]
-    assert {ty("moe_down", i) for i in range(64)} == {"Q4_K", "Q6_K"}
-    assert ty("embed", None) == "Q6_K" and ty("attn_v", 5) == "Q8_0" and ty("attn_o", 5) == "Q5_K"
-    assert ty("moe_gate", 5) == "Q4_K" and ty("router", 5) == "F32"
-
-
-@pytest.mark.parametrize("scheme,expect", [
-    # (attn_q, attn_output, ffn_down layer 3, ffn_down layer 30, token_embd)
-    ("Q3_K_S", ("Q3_K", "Q5_K", "Q3_K", "Q3_K", "Q6_K")),
-    ("Q3_K_L", ("Q3_K", "Q3_K", "Q5_K", "Q5_K", "Q6_K")),  # 8 experts: attn_output not bumped
-    ("Q4_K_S", ("Q4_K", "Q5_K", "Q5_K", "Q4_K", "Q6_K")),
-    ("Q5_K_S", ("Q5_K", "Q5_K", "Q5_K", "Q5_K", "Q6_K")),
-    ("Q5_K_M", ("Q5_K", "Q5_K", "Q6_K", "Q5_K", "Q6_K")),
-    ("Q8_0", ("Q8_0", "Q8_0", "Q8_0", "Q8_0", "Q8_0")),
-    ("BF16", ("BF16", "BF16", "BF16", "BF16", "BF16")),
-])
-def test_other_mixes_on_grok1_shapes(scheme, expect):
+@pytest.mark.parametrize("scheme", list(LLAMA_CPP_GROK1))
+def test_recipes_on_grok1_match_llama_cpp(scheme):
+    """Every tensor of the real Grok-1 table gets the type llama.cpp's recipe gives it."""
     from grokfetch.convert.quant import tensor_type
 
     table = TensorTable(GROK_1)
     sch = resolve_scheme(quant=scheme)
+    emb, q, k, v, o, gate_up, down = LLAMA_CPP_GROK1[scheme]
+    want = {"embed": emb, "attn_q": q, "attn_k": k, "attn_v": v, "attn_o": o,
+            "moe_gate": gate_up, "moe_up": gate_up}
+    for spec in table:
+        got = tensor_type(sch, spec, layer=spec.layer, n_layers=64, n_experts=8,
+                          ne0=spec.gguf_shape[-1], n_gqa=6).name
+        if len(spec.shape) == 1 or spec.slot.key == "router":
+            assert got == "F32", spec.path
+        elif spec.slot.key == "moe_down":
+            assert got == down[spec.layer], (spec.layer, got)
+        else:
+            assert got == want[spec.slot.key], (spec.path, got)
 
-    def ty(slot, layer):
-        spec = table.get(slot, layer)
-        return tensor_type(sch, spec, layer=layer, n_layers=64, n_experts=8,
-                           ne0=spec.gguf_shape[-1], n_gqa=6).name
 
-    assert (ty("attn_q", 3), ty("attn_o", 3), ty("moe_down", 3), ty("moe_down", 30),
-            ty("embed", None)) == expect
-    if not sch.is_float:
-        assert ty("attn_k", 7) == ty("attn_v", 7) == "Q8_0"
-    assert ty("norm_moe_out", 7) == ty("router", 7) == "F32"
+@pytest.mark.slow
+@pytest.mark.parametrize("bits,ktype", [(6, "Q6_K"), (5, "Q5_K"), (4, "Q4_K"), (3, "Q3_K"), (2, "Q2_K")])
+def test_kquant_fixture_converts_every_k_type(tmp_path_factory, tmp_path, bits, ktype):
+    """The `kquant` preset (rows multiples of 256): the K types really run through convert."""
+    from grokfetch.checkpoint.fixture import write_fixture
+
+    root = tmp_path_factory.getbasetemp() / "kquant-fixture"
+    if not (root / "ckpt-0").is_dir():
+        write_fixture(root, "kquant", seed=0)
+    types = _check_errors(root, _convert(root, tmp_path / "out", bits=bits, layers="0,1"))
+    for b in (0, 1):
+        assert types[f"blk.{b}.ffn_gate_exps.weight"] == types[f"blk.{b}.ffn_up_exps.weight"] == ktype
+        assert types[f"blk.{b}.ffn_down_exps.weight"].endswith("_K")
+    assert types["blk.0.attn_q.weight"] == ktype
 
 
 # --- metadata and tokenizer ---------------------------------------------------------------------
