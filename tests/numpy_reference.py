@@ -149,3 +149,52 @@ def moe_bf16(m: np.ndarray, router: np.ndarray, gate: np.ndarray, up: np.ndarray
             acc = term if acc is None else to_f32(acc + term)
         out[row] = to_bf16(acc)
     return out
+
+
+def rms_f32(x: np.ndarray, scale: np.ndarray, eps: float) -> np.ndarray:
+    """RMSNorm of bf16 values in f32, rounded to bf16 (the reference casts back)."""
+    return to_bf16(to_f32(rms(np.asarray(x, np.float64), scale, eps))).astype(np.float64)
+
+
+def forward_bf16(params: dict, cfg, tokens: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Logits ``[T, vocab]`` of the official bf16 rounding sequence (grok1-format §3.2).
+
+    Every activation the reference holds in bf16 is rounded to bf16 here (embedding, q/k/v,
+    RoPE output, the bf16 attention logits and weights, each head's output, ``o``, each
+    residual add, the norms' outputs, the MoE by :func:`moe_bf16`). Returns two sets of
+    logits: the output head in f32 with the exact multiplier, as the engine does (its
+    documented deviation, so a comparison measures the layers), and the reference's head:
+    ``z·Eᵀ`` rounded to bf16, times ``bf16(output_multiplier_scale)`` in bf16.
+    """
+    tokens = np.asarray(tokens)
+    t = len(tokens)
+    d, hq, hkv = cfg.key_size, cfg.num_q_heads, cfg.num_kv_heads
+    group, eps, cap = hq // hkv, cfg.rms_norm_eps, cfg.attn_logit_softcap
+    pos = np.arange(t, dtype=np.float64)
+    allowed = np.tril(np.ones((t, t), bool)) & (tokens != cfg.pad_token_id)[None, :]
+
+    def bdot(x, w):  # bf16 inputs, f32 accumulation, bf16 result
+        return to_bf16(to_f32(x @ w)).astype(np.float64)
+
+    h = to_bf16(to_bf16(params["embed"][tokens]) * to_bf16(cfg.embedding_multiplier_scale))
+    h = h.astype(np.float64)
+    for p in params["layers"]:
+        a = rms_f32(h, p["n0"], eps)
+        q, k, v = bdot(a, p["q"]), bdot(a, p["k"]), bdot(a, p["v"])
+        heads = []
+        for i in range(hq):
+            j = i // group
+            qi = to_bf16(to_f32(rotary(q[:, i * d:(i + 1) * d], pos, cfg.rope_base)))
+            kj = to_bf16(to_f32(rotary(k[:, j * d:(j + 1) * d], pos, cfg.rope_base)))
+            s = to_f32(bdot(qi, kj.T) * np.float32(cfg.attn_output_multiplier))
+            s = np.where(allowed, to_f32(cap * np.tanh(s / cap)), -1e30)
+            w = to_bf16(to_f32(softmax(s))).astype(np.float64)
+            heads.append(bdot(w, v[:, j * d:(j + 1) * d]))
+        o = bdot(np.concatenate(heads, -1), p["o"])
+        h = to_bf16(h + rms_f32(o, p["n1"], eps)).astype(np.float64)
+        m = rms_f32(h, p["n2"], eps)
+        y = moe_bf16(m, p["router"], p["gate"], p["up"], p["down"], cfg.num_selected_experts)
+        h = to_bf16(h + rms_f32(y, p["n3"], eps)).astype(np.float64)
+    z = rms_f32(h, params["final_norm"], eps)
+    zet = to_f32(z @ to_bf16(params["embed"]).astype(np.float64).T)
+    return zet * cfg.output_multiplier_scale, to_bf16(to_bf16(zet) * to_bf16(cfg.output_multiplier_scale))
