@@ -14,7 +14,7 @@ bf16 rounding of the MoE output. Every program is compiled with :data:`XLA_OPTIO
 performs each bf16 rounding written here. With ``dtype=float32`` every activation is f32. The
 weights are always the reference's effective weights ``bf16(int8 × scale)`` (widened to f32 in
 f32 mode), so every lossless format feeds the same values. Deliberate deviations
-(``docs/smoke.md``, "Deviations from the reference precisions"): the attention output's
+(``docs/smoke.md``, "Deviations from the official precisions"): the attention output's
 tensor-parallel partial sums are added in f32 before rounding, and the logits are returned in
 f32, multiplied by the exact ``output_multiplier_scale`` (the reference rounds ``z·Eᵀ`` to bf16
 and multiplies in bf16).
