@@ -15,7 +15,7 @@ pooled over the prompts, is reported for:
 
 Prints one JSON line. On 2 shared cores it takes about two minutes (the numpy emulation).
 
-    python bench/measure_smoke_precision.py [--seed 0] [--gpus 8] [--prompts 8] [--tokens 16]
+    python bench/measure_smoke_precision.py [--seed 0] [--prompts 8] [--tokens 16] [--gpus 8]
 """
 
 from __future__ import annotations
@@ -28,19 +28,17 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-for p in (REPO, REPO / "tests"):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
+TESTS = Path(__file__).resolve().parents[1] / "tests"  # numpy_reference (grokfetch is installed)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--gpus", type=int, default=8)
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=16)
+    ap.add_argument("--gpus", type=int, default=8)
     args = ap.parse_args()
+    sys.path.insert(0, str(TESTS))
 
     from grokfetch.smoke.mesh import make_mesh, setup_jax
 
