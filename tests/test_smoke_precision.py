@@ -92,6 +92,7 @@ def test_moe_bf16_is_the_reference_sequence_bit_exact(jax_devices, n):
     assert (ref.to_bf16(y) != y).mean() > 0.3
 
 
+@pytest.mark.slow
 def test_moe_bf16_matches_emulation_on_mini_layer0(mini_ckpt, jax_devices):
     """Real weights and a real layer-0 MoE input (mini fixture, 9 × 16 tokens, 8 devices).
 
