@@ -121,7 +121,7 @@ class Engine:
                 "head": head_jit.lower(h, norm, emb),
             }
             for kind, lowered in progs.items():
-                exe = lowered.compile()
+                exe = lowered.compile(model.XLA_OPTIONS)
                 self.compiled[f"{name}/{kind}"] = exe
                 stats[f"{name}/{kind}"] = _memory(exe)
         self.compile_seconds = time.perf_counter() - t0

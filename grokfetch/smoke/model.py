@@ -5,15 +5,19 @@ Every function works on what one device holds: inside the ``shard_map`` of
 the row-parallel weights are the local shard; with one device they are the whole tensor. The
 ``axis`` argument names the mesh axis to reduce over (``psum``); the same code runs for N = 1.
 
-Precisions follow the reference (``dtype=bfloat16``): a bf16 residual stream, norms, RoPE,
-attention logits/softmax and the router in f32, matmuls with bf16 inputs and f32 accumulation,
-each expert's output ``y_e`` rounded to bf16 and the MoE sum ``Σ bf16(g_e)·y_e`` in bf16.
-With ``dtype=float32`` every activation is f32. The weights are always the reference's
-effective weights ``bf16(int8 × scale)`` (widened to f32 in f32 mode), so every lossless format
-feeds the same values. Deliberate deviations (``docs/smoke.md``, "Deviations from the
-reference precisions"): tensor-parallel partial sums are added in f32 before rounding (the
-reference adds bf16 partials), and the logits are returned in f32, multiplied by the exact
-``output_multiplier_scale`` (the reference rounds ``z·Eᵀ`` to bf16 and multiplies in bf16).
+Precisions follow the official code (``dtype=bfloat16``, grok1-format §3.2): a bf16 residual
+stream and KV cache; norms, RoPE, attention logits/softmax and the router in f32; matmuls with
+bf16 inputs and f32 accumulation, rounded to bf16. The MoE goes to f32 after the bf16 gate/up
+projections (the reference's f32 one-hot selection promotes them): ``gelu(a)·b``, the down
+projection and its all-reduce, ``bf16(g_e)·y_e`` and the sum over the top-k are f32, with one
+bf16 rounding of the MoE output. Every program is compiled with :data:`XLA_OPTIONS`, so XLA
+performs each bf16 rounding written here. With ``dtype=float32`` every activation is f32. The
+weights are always the reference's effective weights ``bf16(int8 × scale)`` (widened to f32 in
+f32 mode), so every lossless format feeds the same values. Deliberate deviations
+(``docs/smoke.md``, "Deviations from the official precisions"): the attention output's
+tensor-parallel partial sums are added in f32 before rounding, and the logits are returned in
+f32, multiplied by the exact ``output_multiplier_scale`` (the reference rounds ``z·Eᵀ`` to bf16
+and multiplies in bf16).
 
 A weight is a dict ``{"w": array}`` (dense) or ``{"w": int8, "s": bf16 scales}`` (quantized).
 """
@@ -31,6 +35,12 @@ from grokfetch.spec import ModelConfig
 F32 = jnp.float32
 BF16 = jnp.bfloat16
 Params = dict[str, Any]
+
+#: XLA options every program of this model is compiled with. With the default
+#: ``xla_allow_excess_precision=true`` XLA may drop a bf16 rounding the code writes (a
+#: ``convert`` to bf16 and back, e.g. between the residual add and the next norm, or after the
+#: expert projections) and keep the f32 value instead; the reference's roundings then differ.
+XLA_OPTIONS: dict[str, Any] = {"xla_allow_excess_precision": False}
 
 
 def dequant(wd: dict, dtype: Any) -> jax.Array:
@@ -137,14 +147,6 @@ def attention(h: jax.Array, p: Params, k_cache: jax.Array, v_cache: jax.Array, p
     return o, k_cache, v_cache
 
 
-def router_gates(h: jax.Array, router: jax.Array, cfg: ModelConfig) -> jax.Array:
-    """(T, E) f32 gates: the top-k softmax probabilities, zero elsewhere; no renormalisation."""
-    probs = jax.nn.softmax(jnp.matmul(h.astype(F32), router.astype(F32)), axis=-1)
-    vals, idx = lax.top_k(probs, cfg.num_selected_experts)
-    onehot = jax.nn.one_hot(idx, cfg.num_experts, dtype=F32)
-    return jnp.sum(onehot * vals[..., None], axis=1)
-
-
 def round_bf16(x: jax.Array) -> jax.Array:
     """Round f32 values to the nearest bf16 (ties to even), keeping the f32 dtype.
 
@@ -154,41 +156,43 @@ def round_bf16(x: jax.Array) -> jax.Array:
     return lax.reduce_precision(x.astype(F32), exponent_bits=8, mantissa_bits=7)
 
 
+def router_topk(h: jax.Array, router: jax.Array, cfg: ModelConfig) -> tuple[jax.Array, jax.Array]:
+    """The f32 softmax router's top-k: ``(T, k)`` f32 gates (no renormalisation) and indices."""
+    probs = jax.nn.softmax(jnp.matmul(h.astype(F32), router.astype(F32)), axis=-1)
+    return lax.top_k(probs, cfg.num_selected_experts)
+
+
 def moe(h: jax.Array, p: Params, cfg: ModelConfig, dtype: Any, axis: str | None) -> jax.Array:
     """The MoE output, already reduced over ``axis``, in ``dtype``.
 
     ``lax.scan`` over the experts keeps one expert's dequantized weights live at a time. Every
-    expert runs on every token (as in the reference); unselected experts get gate 0.
+    expert runs on every token (as in the reference); only the top-k outputs are used.
 
-    Each device's scan stacks its partial down projections ``(E, T, D)`` in f32; one ``psum``
-    of the stack gives every expert's full ``y_e``. In bf16 mode the rest follows grok1-format
-    §3.2 step 10: ``y_e`` rounded to bf16, times the bf16 gate, rounded, summed in bf16 (adding
-    the unselected experts' exact zeros in expert order changes nothing; with two selected
-    experts the bf16 sum does not depend on their order). In f32 mode all of it stays f32.
+    Precisions are the reference's (grok1-format §3.2 step 10) in both modes: the projections
+    ``a = h·W_gate`` and ``b = h·W_up`` are rounded to ``dtype``; from there everything is f32:
+    ``gelu(a) ⊙ b``, the down projection (f32 input, f32 output, f32 ``psum`` of the row-block
+    partials), the gate products ``bf16(g)·y_e`` (the gate rounded to bf16 in bf16 mode) and
+    their sum over the top-k; one rounding to ``dtype`` at the end.
     """
-    bf16 = jnp.dtype(dtype) == jnp.dtype(BF16)
-    gates = router_gates(h, p["router"]["w"], cfg)
-    if bf16:
+    gates, idx = router_topk(h, p["router"]["w"], cfg)
+    if jnp.dtype(dtype) == jnp.dtype(BF16):
         gates = round_bf16(gates)
 
     def one_expert(carry, xs):
         gate_w, up_w, down_w = xs
-        a = matmul(h, dequant(gate_w, dtype), dtype)
-        b = matmul(h, dequant(up_w, dtype), dtype)
-        y = jnp.matmul(jax.nn.gelu(a, approximate=True) * b, dequant(down_w, dtype),
-                       preferred_element_type=F32)
+        a = matmul(h, dequant(gate_w, dtype), dtype).astype(F32)
+        b = matmul(h, dequant(up_w, dtype), dtype).astype(F32)
+        x = jax.nn.gelu(a, approximate=True) * b
+        y = jnp.matmul(x, dequant(down_w, dtype).astype(F32), preferred_element_type=F32)
         return carry, y
 
     _, ys = lax.scan(one_expert, None, (p["moe_gate"], p["moe_up"], p["moe_down"]))
     if axis is not None:
-        ys = lax.psum(ys, axis)  # the tensor-parallel sum of partials, in f32
-    if bf16:
-        ys = round_bf16(ys)
-    acc = jnp.zeros(h.shape, F32)
-    for e in range(ys.shape[0]):  # static and small; fixes the summation order
-        term = gates[:, e, None] * ys[e]
-        acc = round_bf16(acc + round_bf16(term)) if bf16 else acc + term
-    return acc.astype(dtype)
+        ys = lax.psum(ys, axis)  # the tensor-parallel sum of (E, T, D) partials, in f32
+    chosen = ys[idx, jnp.arange(h.shape[0])[:, None]]  # (T, k, D): y_e of the selected experts
+    # The same ops as the reference (a product, then a sum over the top-k axis), so XLA fuses
+    # them the same way (on CPU the second product goes into a fused multiply-add).
+    return jnp.sum(gates[:, :, None] * chosen, axis=1).astype(dtype)
 
 
 def layer(h: jax.Array, p: Params, k_cache: jax.Array, v_cache: jax.Array, pos: jax.Array,

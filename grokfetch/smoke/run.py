@@ -177,7 +177,8 @@ def check_tokenizer(tokenizer: Tokenizer, cfg) -> Check:
 
 
 def agreement(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-    """Top-1 agreement, mean/max KL(a‖b) and max |Δlogit| of two ``[T, vocab]`` logit sets."""
+    """Top-1 agreement, mean/median/max KL(a‖b) and max |Δlogit| of two ``[T, vocab]`` logit
+    sets."""
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     la = a64 - a64.max(-1, keepdims=True)
     la -= np.log(np.exp(la).sum(-1, keepdims=True))
@@ -185,7 +186,7 @@ def agreement(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     lb -= np.log(np.exp(lb).sum(-1, keepdims=True))
     kl = (np.exp(la) * (la - lb)).sum(-1)
     return {"positions": int(len(a)), "top1_agreement": float((a.argmax(-1) == b.argmax(-1)).mean()),
-            "mean_kl": float(kl.mean()), "max_kl": float(kl.max()),
+            "mean_kl": float(kl.mean()), "median_kl": float(np.median(kl)), "max_kl": float(kl.max()),
             "max_abs_diff": float(np.abs(a64 - b64).max())}
 
 
