@@ -59,6 +59,23 @@ class UnsafePathError(GrokfetchError):
         super().__init__(f"refusing path {path!r} ({why}): it must stay inside {root}")
 
 
+def brief(value: object, limit: int = 80, _depth: int = 0) -> str:
+    """``value`` as short, printable text: a huge integer becomes its bit length, long text and
+    lists are cut, so formatting a value read from a hostile file costs no more than ``limit``."""
+    if isinstance(value, bool) or value is None or isinstance(value, float):
+        text = repr(value)
+    elif isinstance(value, int):
+        text = repr(value) if value.bit_length() <= 64 else f"<{value.bit_length()}-bit integer>"
+    elif isinstance(value, (list, tuple)) and _depth < 2:
+        inner = ", ".join(brief(v, limit, _depth + 1) for v in value[:8])
+        text = f"[{inner}{', ...' if len(value) > 8 else ''}]"
+    elif isinstance(value, (str, Path)):
+        text = ascii(str(value)[:limit + 1])[1:-1]
+    else:
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 class CheckpointError(GrokfetchError):
     """A checkpoint file that is not what the tensor table says it must be."""
 
@@ -66,7 +83,8 @@ class CheckpointError(GrokfetchError):
                  actual: object = None, hint: str | None = None):
         self.path, self.problem = Path(path), problem
         self.expected, self.actual = expected, actual
-        detail = f" (expected {expected}, found {actual})" if expected is not None else ""
+        detail = f" (expected {brief(expected)}, found {brief(actual)})" \
+            if expected is not None else ""
         super().__init__(f"{path}: {problem}{detail}", hint=hint)
 
 
