@@ -97,6 +97,16 @@ class UnsafePickleError(CheckpointError):
                          hint="the file is not a Grok-1 tensor file: delete it and download it again")
 
 
+class FolderBusyError(GrokfetchError):
+    """Another grokfetch process is writing into the same folder (its advisory lock is held)."""
+
+    def __init__(self, folder: Path | str, what: str, holder: str):
+        self.folder, self.what, self.holder = Path(folder), what, holder
+        super().__init__(f"{folder} is in use by another grokfetch ({brief(holder) or 'unknown'}); "
+                         f"refusing to {what} into it at the same time",
+                         hint="wait for the other run to finish (or stop it), then run again")
+
+
 class InsufficientSpaceError(GrokfetchError):
     """Not enough free disk space for what is about to be written."""
 
