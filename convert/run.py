@@ -222,6 +222,12 @@ def convert(ckpt_dir: Path | str, out: Path | str, options: ConvertOptions, *,
         check_relpath(f.relpath, out)
     fingerprint = {"target": target.fingerprint(), "files": [f.fingerprint() for f in files]}
     _refuse_overlap(ckpt, out, tokenizer)
+    source = SourceProvider(ckpt, options.experts, wait=options.wait,
+                            wait_timeout=options.wait_timeout, progress=progress)
+    if not source.hashes_pieces:
+        progress.event("warning", message="no saved torrent (.grokfetch/*.torrent) next to "
+                       "the checkpoint: inputs were checked by size and header only, not "
+                       "hashed; run `grokfetch verify` to be sure of them")
     if out.exists() and not out.is_dir():
         if not options.force:
             raise OutputExistsError(out)
@@ -242,8 +248,6 @@ def convert(ckpt_dir: Path | str, out: Path | str, options: ConvertOptions, *,
         prog = _TotalProgress(progress)
         total_in = sum(i.in_bytes for f in files for i in f.items)
         progress.task(TOTAL_KEY, total_in, f"{options.target} → {out.name}")
-        source = SourceProvider(ckpt, options.experts, wait=options.wait,
-                                wait_timeout=options.wait_timeout, progress=progress)
         hashed: dict[str, dict[str, Any]] = {}  # manifest entries of the files written in this run
         try:
             for f in files:

@@ -175,6 +175,20 @@ def safe_join(root: Path | str, relpath: str, *, must_exist: bool = False,
     return target
 
 
+def real_subdir(base: Path | str, name: str) -> Path | None:
+    """``base/name`` when it is a folder that stays inside ``base``; None when there is none.
+
+    Raises:
+        UnsafePathError: ``base/name`` is a symlink (or holds one on the way) leading outside
+            ``base``: a planted link to be refused, never followed.
+    """
+    path = Path(base) / name
+    if not path.is_dir():
+        return None
+    safe_join(base, name)
+    return path
+
+
 def file_sha256(path: Path | str, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks."""
     import hashlib

@@ -176,6 +176,17 @@ class TensorFile:
         self.close()
 
 
+def scales_problem(scales: np.ndarray) -> str | None:
+    """A short sentence when bf16 scales hold values no real checkpoint has (non-finite or
+    zero: a zero scale silently zeroes its weights), else None."""
+    s = np.asarray(scales, dtype=np.float32)
+    bad = int((~np.isfinite(s)).sum())
+    if bad:
+        return f"{bad} non-finite scales"
+    zero = int((s == 0).sum())
+    return f"{zero} zero scales" if zero else None
+
+
 @dataclass
 class FileStatus:
     spec: TensorSpec
