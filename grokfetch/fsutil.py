@@ -166,8 +166,11 @@ def safe_join(root: Path | str, relpath: str, *, must_exist: bool = False,
     root = Path(root)
     check_relpath(relpath, root)
     target = root.joinpath(*relpath.split("/"))
-    real_root = root.resolve()
-    resolved = target.parent.resolve() / target.name if keep_link else target.resolve()
+    try:
+        real_root = root.resolve()
+        resolved = target.parent.resolve() / target.name if keep_link else target.resolve()
+    except (RuntimeError, OSError):  # a symlink loop (RuntimeError before Python 3.13)
+        raise UnsafePathError(relpath, root, "a symlink loop") from None
     if resolved != real_root and real_root not in resolved.parents:
         raise UnsafePathError(relpath, root, "resolves outside the folder (symlink)")
     if must_exist and not target.exists():
@@ -187,6 +190,24 @@ def real_subdir(base: Path | str, name: str) -> Path | None:
         return None
     safe_join(base, name)
     return path
+
+
+def refuse_symlink_entries(ti, root: Path | str) -> None:
+    """Refuse a libtorrent ``torrent_info`` whose file list has BEP-47 symlink entries.
+
+    libtorrent would create those links in ``root`` (one that points at itself makes every later
+    download, seed and verify of the folder fail); a Grok-1 release never needs one.
+
+    Raises:
+        UnsafePathError: naming the first symlink entry.
+    """
+    import libtorrent as lt
+
+    fs = ti.layout()
+    for i in range(fs.num_files()):
+        if fs.file_flags(i) & lt.file_storage.flag_symlink:
+            raise UnsafePathError(fs.file_path(i).replace("\\", "/"), root,
+                                  "a BEP-47 symlink entry; grokfetch never creates links")
 
 
 def file_sha256(path: Path | str, chunk: int = 1 << 20) -> str:

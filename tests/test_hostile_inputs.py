@@ -98,3 +98,118 @@ def test_convert_refuses_impossible_scales(tiny_ckpt, tmp_path, run_cli, target,
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith(f"error: {path}: {spec.path}: {problem}")
     assert not out.exists()
+
+
+# --- bounds on parsed numbers -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("change", [
+    {"size": 100_000_000, "chunk_size": 1},     # 4.8 GB and 55 s in the old code
+    {"size": 10**400},                           # OverflowError in the old code
+    {"size": 2**60},
+    {"chunk_size": 2**70},
+    {"chunk_size": True},
+    {"size": 100_000_000_000, "chunk_size": 4096},  # 24M chunks
+])
+def test_manifest_numbers_are_bounded(tmp_path, run_cli, change):
+    import json
+
+    root = tmp_path / "d"
+    root.mkdir()
+    (root / "a.bin").write_bytes(b"x" * 10)
+    entry = {"path": "a.bin", "size": 10, "hash": "00"}
+    doc = {"format": "grokfetch-manifest", "version": 1, "algo": "sha256", "chunk_size": 65536,
+           "files": [entry]}
+    for k, v in change.items():
+        (doc if k == "chunk_size" else entry)[k] = v
+    (root / "grokfetch-manifest.json").write_text(json.dumps(doc))
+    code, _, err = run_cli(["verify", root, "--manifest", root / "grokfetch-manifest.json"])
+    assert code == 2, err
+    assert err.startswith("error: bad manifest") and "Traceback" not in err
+    assert len(err) < 400
+
+
+def test_manifest_too_large_is_refused_unread(tmp_path):
+    from grokfetch.verify.manifest import MAX_MANIFEST_BYTES, load_manifest
+
+    from grokfetch.errors import UsageError
+
+    big = tmp_path / "m.json"
+    with open(big, "wb") as f:
+        f.truncate(MAX_MANIFEST_BYTES + 10)  # sparse: costs no disk
+    with pytest.raises(UsageError, match="larger than"):
+        load_manifest(big)
+
+
+def test_config_is_taken_only_from_the_checkpoint_folder(tiny_ckpt, tmp_path, run_cli):
+    import json
+
+    from grokfetch.spec import PRESETS
+
+    outer = tmp_path / "outer"
+    shutil.copytree(tiny_ckpt, outer / "ck")
+    (outer / "ck" / "model-config.json").unlink()
+    bad = PRESETS["tiny"].to_json()
+    bad["config"]["num_layers"] = 2_000_000  # about 70 minutes of table building in the old code
+    (outer / "model-config.json").write_text(json.dumps(bad))
+    (outer / "ck" / "model-config.json").write_text(json.dumps(bad))
+    code, _, err = run_cli(["inspect", outer / "ck"])
+    assert code == 2 and err.startswith("error: bad model config") and "num_layers" in err
+    (outer / "ck" / "model-config.json").unlink()  # the parent's is never picked up
+    code, out, err = run_cli(["inspect", outer / "ck", "--preset", "tiny"])
+    assert code == 0, err
+
+
+# --- torrents -----------------------------------------------------------------------------------
+
+
+def _torrent_with(info_change, files):
+    import hashlib
+
+    import libtorrent as lt
+
+    data = b"".join(b"a" * f[0] for f in files)
+    info = {b"name": b"t", b"piece length": 16384,
+            b"pieces": hashlib.sha1(data).digest() if data else b"",
+            b"files": [{b"length": n, b"path": [p.encode()], **extra} for n, p, extra in files]}
+    info.update(info_change)
+    return lt.bencode({b"info": info})
+
+
+@pytest.mark.parametrize("change", [{b"files": 5}, {b"files": b"x"}, {b"piece length": 2**40},
+                                    {b"pieces": b"\0" * 40}])
+def test_torrent_fields_are_checked(tmp_path, run_cli, change):
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "a.bin").write_bytes(b"a" * 100)
+    tfile = tmp_path / "x.torrent"
+    tfile.write_bytes(_torrent_with(change, [(100, "a.bin", {})]))
+    code, _, err = run_cli(["verify", tmp_path, "--torrent", tfile])
+    assert code == 2, err
+    assert err.startswith("error: bad torrent") and "Traceback" not in err
+
+
+def test_bep47_symlink_entry_is_refused_and_the_folder_stays_usable(tmp_path, run_cli):
+    import libtorrent as lt
+    from grokfetch.verify.torrentfile import parse_torrent
+
+    from grokfetch.errors import UnsafePathError
+    from grokfetch.fsutil import refuse_symlink_entries
+
+    link = {b"attr": b"l", b"symlink path": [b"t", b"loop"]}
+    data = _torrent_with({}, [(100, "a.bin", {}), (0, "loop", link)])
+    assert parse_torrent(data).files[1].unsafe.startswith("a BEP-47 symlink entry")
+    with pytest.raises(UnsafePathError, match="BEP-47 symlink entry"):
+        refuse_symlink_entries(lt.torrent_info(data), tmp_path)
+    # a folder where an older tool already created the self-loop: verify reports, never dies
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "a.bin").write_bytes(b"a" * 100)
+    (tmp_path / "t" / "loop").symlink_to("loop")
+    tfile = tmp_path / "x.torrent"
+    tfile.write_bytes(data)
+    code, out, err = run_cli(["verify", tmp_path, "--torrent", tfile, "--no-structure"])
+    assert code == 1 and "Traceback" not in out + err
+    assert "unsafe" in out and "loop" in out
+    plain = tmp_path / "plain.torrent"
+    plain.write_bytes(_torrent_with({}, [(100, "a.bin", {})]))
+    code, out, err = run_cli(["verify", tmp_path, "--torrent", plain, "--no-structure"])
+    assert code == 0, out + err

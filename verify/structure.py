@@ -58,7 +58,7 @@ def check_structure(path: Path, *, preset: str | None = None, values: bool = Tru
     t0 = time.monotonic()
     ck = open_checkpoint(path, preset)
     base = Path(rel_to) if rel_to is not None else ck.layout.root
-    has_config = any((p / CONFIG_FILENAME).is_file() for p in (ck.layout.root, ck.layout.root.parent))
+    has_config = (ck.layout.root / CONFIG_FILENAME).is_file()
     report = Report(root=base, checks=["structure"],
                     sources={"config": CONFIG_FILENAME if has_config
                              else f"preset {ck.config.name}"})
