@@ -30,6 +30,7 @@ from grokfetch.fsutil import (
     atomic_file,
     check_free_space,
     check_relpath,
+    disk_full_as_error,
     folder_lock,
     partial_path,
     remove_tree,
@@ -237,6 +238,7 @@ def convert(ckpt_dir: Path | str, out: Path | str, options: ConvertOptions, *,
         held.enter_context(folder_lock(out, f"convert to {options.target}"))
         if created:
             held.callback(_remove_if_empty, out)
+        held.enter_context(disk_full_as_error(out, f"conversion to {options.target}"))
         state, resumed = _prepare_out(out, target, files, fingerprint, options.force, created)
 
         todo = [f for f in files

@@ -120,6 +120,16 @@ class InsufficientSpaceError(GrokfetchError):
             hint=hint or "free some space or choose another folder (--force skips this check)")
 
 
+class DiskFullError(GrokfetchError):
+    """The disk filled up (ENOSPC or a quota) while writing; what was committed is kept."""
+
+    def __init__(self, path: Path | str, what: str):
+        self.path, self.what = Path(path), what
+        super().__init__(f"{path}: the disk is full; the {what} stopped",
+                         hint="free some space, then rerun the same command: it resumes where "
+                              "it stopped")
+
+
 class CheckFailed(GrokfetchError):
     """A verification found problems; ``findings`` lists them."""
 

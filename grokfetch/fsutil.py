@@ -12,6 +12,7 @@ folder.
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import shutil
@@ -20,7 +21,12 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from grokfetch.errors import FolderBusyError, InsufficientSpaceError, UnsafePathError
+from grokfetch.errors import (
+    DiskFullError,
+    FolderBusyError,
+    InsufficientSpaceError,
+    UnsafePathError,
+)
 
 PARTIAL_SUFFIX = ".partial"
 LOCK_NAME = ".grokfetch-lock"
@@ -107,6 +113,17 @@ def folder_lock(folder: Path | str, what: str) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             lock.unlink()
         os.close(fd)
+
+
+@contextlib.contextmanager
+def disk_full_as_error(path: Path | str, what: str) -> Iterator[None]:
+    """Turn ENOSPC / EDQUOT raised in the block into one :class:`DiskFullError` for ``path``."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(path, what) from None
+        raise
 
 
 @contextlib.contextmanager
@@ -208,6 +225,21 @@ def refuse_symlink_entries(ti, root: Path | str) -> None:
         if fs.file_flags(i) & lt.file_storage.flag_symlink:
             raise UnsafePathError(fs.file_path(i).replace("\\", "/"), root,
                                   "a BEP-47 symlink entry; grokfetch never creates links")
+
+
+def has_holes(fd: int, start: int, end: int) -> bool:
+    """True when the open file ``fd`` has an unwritten (sparse) range in ``[start, end)``.
+
+    Reading such a range through a memory map faults (SIGBUS) when the file system cannot
+    allocate the page, e.g. a full tmpfs after a download stopped on ENOSPC; ``read()`` just
+    returns zeros. File systems without ``SEEK_HOLE`` report no holes.
+    """
+    if end <= start or not hasattr(os, "SEEK_HOLE"):
+        return False
+    try:
+        return os.lseek(fd, start, os.SEEK_HOLE) < end
+    except OSError:
+        return False
 
 
 def file_sha256(path: Path | str, chunk: int = 1 << 20) -> str:

@@ -173,3 +173,65 @@ def test_convert_refuses_output_overlapping_input(tiny_ckpt, tmp_path, run_cli, 
     assert code == 2 and err.startswith("error: --out ") and "overlaps the input" in err
     assert _tree(tmp_path / "dl") == before
     assert not (ck / "ckpt-0" / "gguf").exists()
+
+
+# --- a disk that fills up mid-way -------------------------------------------------------------
+
+
+class _FillDiskOnce(NullProgress):
+    """On the first per-tensor advance, fill the output's file system with a ballast file."""
+
+    def __init__(self, ballast: Path):
+        self.ballast, self.filled = ballast, False
+
+    def advance(self, key: str, amount: int) -> None:
+        if key == "convert" or self.filled:
+            return
+        self.filled = True
+        with open(self.ballast, "wb") as f:
+            try:
+                while True:
+                    f.write(b"\xff" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mnt)],
+                       capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=False)
+
+
+@pytest.mark.parametrize("target", ["gguf", "safetensors", "jax"])
+def test_disk_full_mid_conversion_is_one_line_and_resumes(tiny_ckpt, tmp_path, small_tmpfs,
+                                                          run_cli, target):
+    from grokfetch.errors import DiskFullError
+
+    lone = tmp_path / "lone"
+    convert(tiny_ckpt, lone, ConvertOptions(target=target))
+    out, ballast = small_tmpfs / "out", small_tmpfs / "ballast"
+    with pytest.raises(DiskFullError, match="the disk is full"):
+        convert(tiny_ckpt, out, ConvertOptions(target=target), progress=_FillDiskOnce(ballast))
+    assert not (out / MANIFEST_NAME).exists()  # nothing looks complete
+    assert not (out / LOCK_NAME).exists()
+    # the CLI says it in one line while the disk is still full
+    code, _, err = run_cli(["convert", tiny_ckpt, "--to", target, "--out", out, "--force"])
+    assert code == 1 and "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {out}: the disk is full; the conversion to {target} stopped"]
+    ballast.unlink()
+    code, _, err = run_cli(["convert", tiny_ckpt, "--to", target, "--out", out])
+    assert code == 0, err
+    got, want = _tree(out), _tree(lone)
+    if target == "jax":  # OCDBT names its data files at random and stamps commit times
+        got, want = ({k: v for k, v in t.items() if not _ocdbt(k)} for t in (got, want))
+    assert got == want
+    code, _, err = run_cli(["verify", out])
+    assert code == 0, err
