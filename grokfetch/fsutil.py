@@ -17,6 +17,7 @@ import math
 import os
 import shutil
 import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
@@ -31,6 +32,7 @@ from grokfetch.errors import (
 PARTIAL_SUFFIX = ".partial"
 LOCK_NAME = ".grokfetch-lock"
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+_HELD = threading.local()  # .folders: the folders this thread holds the lock of
 
 
 def partial_path(path: Path) -> Path:
@@ -77,6 +79,7 @@ def folder_lock(folder: Path | str, what: str) -> Iterator[Path]:
     The lock is ``flock`` on ``folder/.grokfetch-lock``, taken without waiting: a second writer
     gets :class:`FolderBusyError` naming the holder, never a turn to interleave its writes.
     The kernel drops the lock when the holder dies, so a crash never leaves the folder locked.
+    The thread that holds a folder's lock may enter it again (nested writers of one job).
     The file is removed on release (after checking, on acquire, that the lock held is the file
     still at that path, so a writer racing a release cannot end up with a removed lock).
     """
@@ -85,6 +88,11 @@ def folder_lock(folder: Path | str, what: str) -> Iterator[Path]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     lock = folder / LOCK_NAME
+    held = _HELD.__dict__.setdefault("folders", set())
+    key = str(folder.resolve())
+    if key in held:  # this thread holds it already (a convert writing its manifest)
+        yield lock
+        return
     while True:
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o644)
@@ -97,19 +105,21 @@ def folder_lock(folder: Path | str, what: str) -> Iterator[Path]:
             holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
             os.close(fd)
             raise FolderBusyError(folder, what, holder) from None
-        held = os.fstat(fd)
+        mine = os.fstat(fd)
         try:
             now = os.stat(lock, follow_symlinks=False)
         except FileNotFoundError:
             now = None
-        if now is not None and (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+        if now is not None and (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino):
             break
         os.close(fd)  # the holder released and removed it meanwhile: lock the new one
+    held.add(key)
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()}: {what}\n".encode(), 0)
         yield lock
     finally:
+        held.discard(key)
         with contextlib.suppress(FileNotFoundError):
             lock.unlink()
         os.close(fd)

@@ -40,7 +40,7 @@ from grokfetch.verify.hashio import (
 from grokfetch.verify.report import WARNING, Finding, Report, merge_ranges
 
 from grokfetch.errors import UnsafePathError, UsageError, brief
-from grokfetch.fsutil import check_relpath, safe_join, write_atomic
+from grokfetch.fsutil import LOCK_NAME, check_relpath, folder_lock, safe_join, write_atomic
 from grokfetch.progress import NULL_PROGRESS, Progress
 
 MANIFEST_NAME = "grokfetch-manifest.json"
@@ -96,10 +96,10 @@ class StreamHasher:
 
 
 def is_state_path(relpath: str, partial: bool = True) -> bool:
-    """Files grokfetch keeps for itself (the manifest, ``.grokfetch/``; with ``partial`` also
-    unfinished ``*.partial`` outputs): never part of a manifest."""
+    """Files grokfetch keeps for itself (the manifest, ``.grokfetch/``, writers' lock files; with
+    ``partial`` also unfinished ``*.partial`` outputs): never part of a manifest."""
     top = relpath.split("/", 1)[0]
-    return (relpath == MANIFEST_NAME or top == STATE_DIR
+    return (relpath == MANIFEST_NAME or top == STATE_DIR or relpath.rsplit("/", 1)[-1] == LOCK_NAME
             or (partial and relpath.endswith(".partial")))
 
 
@@ -182,10 +182,18 @@ def write_manifest(root: Path, out: Path | None = None, files: list[str] | None 
     """Build (or take ``entries`` from :class:`StreamHasher`) and write a manifest atomically.
 
     Returns the manifest path (default ``root / MANIFEST_NAME``). An existing file is replaced:
-    callers that must not overwrite check first.
+    callers that must not overwrite check first. The manifest's folder is locked meanwhile
+    (:func:`grokfetch.fsutil.folder_lock`).
     """
     root = Path(root)
     out = Path(out) if out is not None else root / MANIFEST_NAME
+    with folder_lock(out.parent, "write a manifest"):
+        return _write_manifest(root, out, files, algo, chunk_size, jobs, entries, progress)
+
+
+def _write_manifest(root: Path, out: Path, files: list[str] | None, algo: str, chunk_size: int,
+                    jobs: int | None, entries: list[dict[str, Any]] | None,
+                    progress: Progress) -> Path:
     if entries is not None:
         from grokfetch import __version__
 
