@@ -237,6 +237,22 @@ def refuse_symlink_entries(ti, root: Path | str) -> None:
                                   "a BEP-47 symlink entry; grokfetch never creates links")
 
 
+def read_json(path: Path | str, limit: int) -> object:
+    """Parse the JSON file at ``path``, reading at most ``limit`` bytes of it.
+
+    Raises:
+        OSError: unreadable (``FileNotFoundError`` when missing).
+        ValueError: larger than ``limit`` or not JSON.
+    """
+    import json
+
+    with open(path, "rb") as f:
+        raw = f.read(limit + 1)
+    if len(raw) > limit:
+        raise ValueError(f"larger than {limit:,} bytes")
+    return json.loads(raw)
+
+
 def has_holes(fd: int, start: int, end: int) -> bool:
     """True when the open file ``fd`` has an unwritten (sparse) range in ``[start, end)``.
 

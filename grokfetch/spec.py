@@ -12,7 +12,6 @@ keys, so layers appear in lexicographic order of their decimal index (0, 1, 10, 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from grokfetch.errors import ConfigError, UsageError, brief
+from grokfetch.fsutil import read_json
 
 _NAME_OK = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 CONFIG_FILENAME = "model-config.json"
@@ -216,11 +216,7 @@ def load_config(root: Path | None, preset_name: str | None = None) -> ModelConfi
     if root is not None and (root / CONFIG_FILENAME).is_file():
         candidate = root / CONFIG_FILENAME
         try:
-            with open(candidate, "rb") as f:
-                raw = f.read(MAX_CONFIG_BYTES + 1)
-            if len(raw) > MAX_CONFIG_BYTES:
-                raise ValueError(f"larger than {MAX_CONFIG_BYTES:,} bytes")
-            data = json.loads(raw)
+            data = read_json(candidate, MAX_CONFIG_BYTES)
         except (OSError, ValueError) as exc:
             raise ConfigError(str(candidate), f"unreadable: {brief(str(exc), 200)}") from None
         if not isinstance(data, dict):

@@ -215,26 +215,15 @@ class _FillDiskOnce(NullProgress):
                 pass
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mnt)],
-                       capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
-    yield mnt
-    subprocess.run(["umount", str(mnt)], check=False)
-
-
 @pytest.mark.parametrize("target", ["gguf", "safetensors", "jax"])
-def test_disk_full_mid_conversion_is_one_line_and_resumes(tiny_ckpt, tmp_path, small_tmpfs,
-                                                          run_cli, target):
+def test_disk_full_mid_conversion_is_one_line_and_resumes(tiny_ckpt, tmp_path, tmpfs, run_cli,
+                                                          target):
     from grokfetch.errors import DiskFullError
 
     lone = tmp_path / "lone"
     convert(tiny_ckpt, lone, ConvertOptions(target=target))
-    out, ballast = small_tmpfs / "out", small_tmpfs / "ballast"
+    mnt = tmpfs("24m")
+    out, ballast = mnt / "out", mnt / "ballast"
     with pytest.raises(DiskFullError, match="the disk is full"):
         convert(tiny_ckpt, out, ConvertOptions(target=target), progress=_FillDiskOnce(ballast))
     assert not (out / MANIFEST_NAME).exists()  # nothing looks complete

@@ -40,7 +40,14 @@ from grokfetch.verify.hashio import (
 from grokfetch.verify.report import WARNING, Finding, Report, merge_ranges
 
 from grokfetch.errors import UnsafePathError, UsageError, brief
-from grokfetch.fsutil import LOCK_NAME, check_relpath, folder_lock, safe_join, write_atomic
+from grokfetch.fsutil import (
+    LOCK_NAME,
+    check_relpath,
+    folder_lock,
+    read_json,
+    safe_join,
+    write_atomic,
+)
 from grokfetch.progress import NULL_PROGRESS, Progress
 
 MANIFEST_NAME = "grokfetch-manifest.json"
@@ -215,15 +222,11 @@ def load_manifest(manifest: Path) -> dict[str, Any]:
         UsageError: unreadable, not a grokfetch manifest, unknown version/algo, malformed entry.
     """
     try:
-        with open(manifest, "rb") as f:
-            raw = f.read(MAX_MANIFEST_BYTES + 1)
-        if len(raw) > MAX_MANIFEST_BYTES:
-            raise UsageError(f"bad manifest {manifest}: larger than {MAX_MANIFEST_BYTES:,} bytes")
-        doc = json.loads(raw)
+        doc = read_json(manifest, MAX_MANIFEST_BYTES)
     except FileNotFoundError:
         raise UsageError(f"manifest not found: {manifest}") from None
     except (OSError, ValueError) as exc:
-        raise UsageError(f"unreadable manifest {manifest}: {exc}") from None
+        raise UsageError(f"unreadable manifest {manifest}: {brief(str(exc), 200)}") from None
 
     def bad(why: str) -> UsageError:
         return UsageError(f"bad manifest {manifest}: {why}")
