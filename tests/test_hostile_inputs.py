@@ -221,3 +221,14 @@ def test_bep47_symlink_entry_is_refused_and_the_folder_stays_usable(tmp_path, ru
     plain.write_bytes(_torrent_with({}, [(100, "a.bin", {})]))
     code, out, err = run_cli(["verify", tmp_path, "--torrent", plain, "--no-structure"])
     assert code == 0, out + err
+
+
+def test_verify_refuses_a_state_folder_link_leading_outside(download, tmp_path, run_cli):
+    dl = download.parent
+    shutil.move(dl / ".grokfetch", tmp_path / "elsewhere")
+    (dl / ".grokfetch").symlink_to(tmp_path / "elsewhere")
+    code, out, err = run_cli(["verify", dl])
+    assert code == 1 and "Traceback" not in out + err
+    assert [line for line in err.splitlines() if line.startswith("error:")] == \
+        ["error: refusing path '.grokfetch' (resolves outside the folder (symlink)): it must stay "
+         f"inside {dl}"]
