@@ -232,3 +232,48 @@ def test_verify_refuses_a_state_folder_link_leading_outside(download, tmp_path, 
     assert [line for line in err.splitlines() if line.startswith("error:")] == \
         ["error: refusing path '.grokfetch' (resolves outside the folder (symlink)): it must stay "
          f"inside {dl}"]
+
+
+def test_full_disk_with_sparse_shards_never_sigbus(tiny_ckpt, tmpfs, tmp_path):
+    """What a download stopped by a full disk leaves: full-size files with never-written ranges
+    on a file system with no free page. Reading a hole through a memory map there is SIGBUS
+    (exit 135); every command must end with one clean line instead (real processes, so a crash
+    shows as an exit code)."""
+    import subprocess
+    import sys
+
+    from grokfetch.verify.manifest import write_manifest
+
+    mnt = tmpfs("16m")
+    dl = mnt / "dl"
+    shutil.copytree(tiny_ckpt, dl / "grok-tiny")
+    (dl / ".grokfetch").mkdir()
+    create_torrent(dl / "grok-tiny", dl / ".grokfetch" / "t.torrent", piece_size=16384)
+    write_manifest(dl / "grok-tiny", tmp_path / "m.json")
+    path = dl / "grok-tiny" / "ckpt-0" / "tensor00000_000"
+    original = _damage(path, "sparse", keep=4096)
+    with open(mnt / "ballast", "wb") as f:  # fill the file system
+        try:
+            while True:
+                f.write(b"\xff" * 65536)
+                f.flush()
+        except OSError:
+            pass
+
+    def cli(*args) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "grokfetch", *map(str, args)],
+                              capture_output=True, text=True, timeout=300)
+
+    runs = [cli("verify", dl), cli("verify", dl / "grok-tiny", "--manifest", tmp_path / "m.json"),
+            cli("convert", dl / "grok-tiny", "--to", "gguf", "--out", tmp_path / "out"),
+            cli("smoke", dl / "grok-tiny", "--platform", "cpu", "--max-new-tokens", "1")]
+    for r in runs:
+        assert r.returncode == 1, (r.args, r.returncode, r.stderr[-1500:])
+        assert "Traceback" not in r.stdout + r.stderr
+        assert path.name in r.stdout + r.stderr
+        assert len([line for line in r.stderr.splitlines() if line.startswith("error:")]) == 1
+    assert not (tmp_path / "out").exists()
+    (mnt / "ballast").unlink()
+    path.write_bytes(original)
+    assert cli("verify", dl).returncode == 0
+    assert cli("verify", dl / "grok-tiny", "--manifest", tmp_path / "m.json").returncode == 0
