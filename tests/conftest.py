@@ -74,3 +74,19 @@ def tmpfs(tmp_path):
     yield mount
     for mnt in mounts:
         subprocess.run(["umount", str(mnt)], check=False)
+
+
+@pytest.fixture
+def fill_disk():
+    """``fill_disk(path)`` writes ``path`` until its file system is full (ENOSPC)."""
+
+    def fill(path: Path) -> None:
+        with open(path, "wb") as f:
+            try:
+                while True:
+                    f.write(b"\xff" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+
+    return fill

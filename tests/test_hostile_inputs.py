@@ -234,7 +234,7 @@ def test_verify_refuses_a_state_folder_link_leading_outside(download, tmp_path, 
          f"inside {dl}"]
 
 
-def test_full_disk_with_sparse_shards_never_sigbus(tiny_ckpt, tmpfs, tmp_path):
+def test_full_disk_with_sparse_shards_never_sigbus(tiny_ckpt, tmpfs, fill_disk, tmp_path):
     """What a download stopped by a full disk leaves: full-size files with never-written ranges
     on a file system with no free page. Reading a hole through a memory map there is SIGBUS
     (exit 135); every command must end with one clean line instead (real processes, so a crash
@@ -252,13 +252,7 @@ def test_full_disk_with_sparse_shards_never_sigbus(tiny_ckpt, tmpfs, tmp_path):
     write_manifest(dl / "grok-tiny", tmp_path / "m.json")
     path = dl / "grok-tiny" / "ckpt-0" / "tensor00000_000"
     original = _damage(path, "sparse", keep=4096)
-    with open(mnt / "ballast", "wb") as f:  # fill the file system
-        try:
-            while True:
-                f.write(b"\xff" * 65536)
-                f.flush()
-        except OSError:
-            pass
+    fill_disk(mnt / "ballast")
 
     def cli(*args) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "grokfetch", *map(str, args)],

@@ -197,27 +197,20 @@ def test_convert_refuses_output_overlapping_input(tiny_ckpt, tmp_path, run_cli, 
 
 
 class _FillDiskOnce(NullProgress):
-    """On the first per-tensor advance, fill the output's file system with a ballast file."""
+    """On the first per-tensor advance, fill the output's file system: ``fill()``."""
 
-    def __init__(self, ballast: Path):
-        self.ballast, self.filled = ballast, False
+    def __init__(self, fill):
+        self.fill, self.filled = fill, False
 
     def advance(self, key: str, amount: int) -> None:
-        if key == "convert" or self.filled:
-            return
-        self.filled = True
-        with open(self.ballast, "wb") as f:
-            try:
-                while True:
-                    f.write(b"\xff" * 65536)
-                    f.flush()
-            except OSError:
-                pass
+        if key != "convert" and not self.filled:
+            self.filled = True
+            self.fill()
 
 
 @pytest.mark.parametrize("target", ["gguf", "safetensors", "jax"])
-def test_disk_full_mid_conversion_is_one_line_and_resumes(tiny_ckpt, tmp_path, tmpfs, run_cli,
-                                                          target):
+def test_disk_full_mid_conversion_is_one_line_and_resumes(tiny_ckpt, tmp_path, tmpfs, fill_disk,
+                                                          run_cli, target):
     from grokfetch.errors import DiskFullError
 
     lone = tmp_path / "lone"
@@ -225,7 +218,8 @@ def test_disk_full_mid_conversion_is_one_line_and_resumes(tiny_ckpt, tmp_path, t
     mnt = tmpfs("24m")
     out, ballast = mnt / "out", mnt / "ballast"
     with pytest.raises(DiskFullError, match="the disk is full"):
-        convert(tiny_ckpt, out, ConvertOptions(target=target), progress=_FillDiskOnce(ballast))
+        convert(tiny_ckpt, out, ConvertOptions(target=target),
+                progress=_FillDiskOnce(lambda: fill_disk(ballast)))
     assert not (out / MANIFEST_NAME).exists()  # nothing looks complete
     assert not (out / LOCK_NAME).exists()
     # the CLI says it in one line while the disk is still full
