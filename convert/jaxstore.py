@@ -23,6 +23,7 @@ Loading (see :func:`restore`)::
 from __future__ import annotations
 
 import base64
+import errno
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -123,6 +124,18 @@ def metadata_files(arrays: list[ArrayPlan], mesh: tuple[int, int], custom: dict[
     return {k: json.dumps(v).encode() for k, v in docs.items()}
 
 
+def _commit(txn) -> None:
+    """Commit a tensorstore transaction; a full disk becomes ``OSError(ENOSPC)`` (tensorstore
+    reports it as a ``ValueError``) so the driver's disk-full handling applies."""
+    try:
+        txn.commit_async().result()
+    except ValueError as exc:
+        text = str(exc)
+        if "os_error_code='28'" in text or "No space left" in text:
+            raise OSError(errno.ENOSPC, "No space left on device") from None
+        raise
+
+
 def _reopen(spec: dict[str, Any]) -> dict[str, Any]:
     """The spec that opens an array created earlier (same metadata, nothing deleted)."""
     return {k: v for k, v in spec.items() if k != "create"}
@@ -159,7 +172,7 @@ class _Batch:
         self.pending.append((key, nbytes))
 
     def commit(self) -> None:
-        self.txn.commit_async().result()
+        _commit(self.txn)
         for key, n in self.pending:
             self.sink.commit(key, n)
         self.txn = self._ts.Transaction()
@@ -176,7 +189,7 @@ def merge_root(out: Path) -> None:
     parent = ts.KvStore.open(_kvstore(out, write=True), context=ctx).result()
     txn = ts.Transaction(atomic=True)
     child.experimental_copy_range_to(parent.with_transaction(txn)).result()
-    txn.commit_async().result()
+    _commit(txn)
 
 
 class JaxTarget(Target, name="jax"):

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from typing import Any
 import numpy as np
 from grokfetch.verify.manifest import StreamHasher
 
-from grokfetch.fsutil import partial_path, safe_join, write_atomic
+from grokfetch.fsutil import open_partial, partial_path, remove_tree, safe_join, write_atomic
 
 STATE_FILENAME = ".grokfetch-convert-state.json"
 #: A commit is made durable (data fsync + state rewrite) once this many bytes or seconds have
@@ -107,22 +106,22 @@ class FileSink:
 
     def __init__(self, root: Path, relpath: str, state: ConvertState):
         self.root, self.relpath, self.state = root, relpath, state
-        self.final = safe_join(root, relpath)
+        self.final = safe_join(root, relpath, keep_link=True)
         self.partial = partial_path(self.final)
         self.final.parent.mkdir(parents=True, exist_ok=True)
         rec = state.file(relpath)
-        self.resumed = bool(rec["items"]) and self.partial.is_file() \
-            and self.partial.stat().st_size >= rec["offset"]
         self._pending: dict[str, int] = {}
         self.hasher = StreamHasher()
+        self._f, self.resumed = open_partial(self.final, resume=bool(rec["items"]))
+        if self.resumed and os.fstat(self._f.fileno()).st_size < rec["offset"]:
+            self._f.close()  # shorter than the state says: start over
+            self._f, self.resumed = open_partial(self.final)
         if self.resumed:
-            self._f = open(self.partial, "r+b")
             self._f.truncate(rec["offset"])
             while block := self._f.read(_HASH_BLOCK):  # the bytes an earlier run wrote
                 self.hasher.update(block)
         else:
             rec = state.reset_file(relpath)
-            self._f = open(self.partial, "wb")
         self.rec = rec
         self.bytes_written = 0  # in this run
         self._synced_at, self._synced_t = self._f.tell(), time.monotonic()
@@ -214,13 +213,12 @@ class DirSink:
 
     def __init__(self, root: Path, relpath: str, state: ConvertState):
         self.root, self.relpath, self.state = root, relpath, state
-        self.final = safe_join(root, relpath)
+        self.final = safe_join(root, relpath, keep_link=True)
         self.path = partial_path(self.final)
         rec = state.file(relpath)
-        self.resumed = bool(rec["items"]) and self.path.is_dir()
+        self.resumed = bool(rec["items"]) and self.path.is_dir() and not self.path.is_symlink()
         if not self.resumed:
-            if self.path.exists():
-                shutil.rmtree(self.path)
+            remove_tree(self.path)  # a stale partial, or a symlink planted there (not followed)
             rec = state.reset_file(relpath)
         self.path.mkdir(parents=True, exist_ok=True)
         self.rec = rec
@@ -235,8 +233,7 @@ class DirSink:
         self.state.save()
 
     def finish(self) -> None:
-        if self.final.exists():
-            shutil.rmtree(self.final)
+        remove_tree(self.final)
         os.replace(self.path, self.final)
         fsync_dir(self.final.parent)
         self.rec["complete"] = True

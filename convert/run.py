@@ -25,7 +25,17 @@ from grokfetch.verify.manifest import MANIFEST_NAME, StreamHasher, build_manifes
 
 from grokfetch.checkpoint.reader import TOKENIZER_FILENAME, Checkpoint, open_checkpoint
 from grokfetch.errors import CheckpointError, NotFoundError, OutputExistsError, UsageError
-from grokfetch.fsutil import atomic_file, check_free_space, check_relpath, partial_path, safe_join
+from grokfetch.fsutil import (
+    LOCK_NAME,
+    atomic_file,
+    check_free_space,
+    check_relpath,
+    disk_full_as_error,
+    folder_lock,
+    partial_path,
+    remove_tree,
+    safe_join,
+)
 from grokfetch.progress import NULL_PROGRESS, Progress
 from grokfetch.spec import CONFIG_FILENAME, TensorSpec
 
@@ -141,40 +151,51 @@ def _owned_names(target: Target, files: list[OutputFile]) -> list[str]:
 
 def _clear_outputs(out: Path, target: Target, files: list[OutputFile]) -> None:
     """``--force``: remove what this conversion would write, plus stale outputs of its kind."""
-    victims = {safe_join(out, n) for n in _owned_names(target, files)}
+    victims = {safe_join(out, n, keep_link=True) for n in _owned_names(target, files)}
     for pattern in getattr(target, "stale_patterns", ()):
         # a glob match is a direct child of OUT; a symlink is unlinked, never followed
         victims.update(p for p in out.glob(pattern) if p.parent == out)
     for p in victims:
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p)
-        elif p.exists() or p.is_symlink():
-            p.unlink()
+        remove_tree(p)
 
 
 def _prepare_out(out: Path, target: Target, files: list[OutputFile], fingerprint: dict,
-                 force: bool) -> tuple[ConvertState, bool, bool]:
-    """Returns (state, resumed, created)."""
-    if out.exists() and not out.is_dir():
-        if not force:
-            raise OutputExistsError(out)
-        out.unlink()
-    if not out.exists():
-        return ConvertState(out, fingerprint), False, True
+                 force: bool, created: bool) -> tuple[ConvertState, bool]:
+    """Returns (state, resumed); OUT exists (and is locked) by now."""
+    if created:
+        return ConvertState(out, fingerprint), False
     old = ConvertState.load(out)
     if old is not None and old.fingerprint == fingerprint and not force:
-        return old, True, False
+        return old, True
     if not force:
         if old is not None:
             exc = OutputExistsError(out)
             exc.hint = ("it holds an unfinished conversion with other options: rerun with the same "
                         "options to resume it, or pass --force to start over")
             raise exc
-        if any(out.iterdir()):
+        if any(p.name != LOCK_NAME for p in out.iterdir()):
             raise OutputExistsError(out)
-        return ConvertState(out, fingerprint), False, False
+        return ConvertState(out, fingerprint), False
     _clear_outputs(out, target, files)
-    return ConvertState(out, fingerprint), False, False
+    return ConvertState(out, fingerprint), False
+
+
+def _refuse_overlap(ckpt: Checkpoint, out: Path, tokenizer: Path) -> None:
+    """OUT must not be, or hold, the checkpoint root, its tensor folder or the tokenizer, nor lie
+    inside the tensor folder: ``--force`` would delete inputs before a byte is read."""
+    o = out.resolve()
+    tensors = ckpt.layout.tensor_dir.resolve()
+    for p in (ckpt.layout.root.resolve(), tensors, tokenizer.resolve()):
+        if o == p or o in p.parents or tensors in o.parents:
+            raise UsageError(f"--out {out} overlaps the input {p}",
+                             hint="choose an output folder outside the checkpoint")
+
+
+def _remove_if_empty(out: Path) -> None:
+    """Remove an OUT this run created when nothing but its lock is in it."""
+    with contextlib.suppress(OSError):
+        if all(p.name == LOCK_NAME for p in out.iterdir()):
+            shutil.rmtree(out)
 
 
 def convert(ckpt_dir: Path | str, out: Path | str, options: ConvertOptions, *,
@@ -201,74 +222,87 @@ def convert(ckpt_dir: Path | str, out: Path | str, options: ConvertOptions, *,
     for f in files:  # nothing planned may leave OUT (names can come from model-config.json)
         check_relpath(f.relpath, out)
     fingerprint = {"target": target.fingerprint(), "files": [f.fingerprint() for f in files]}
-    state, resumed, created = _prepare_out(out, target, files, fingerprint, options.force)
-
-    todo = [f for f in files
-            if not (state.is_complete(f.relpath) and safe_join(out, f.relpath).exists())]
-    have = sum(state.files.get(f.relpath, {}).get("offset", 0) for f in todo)
-    needed = sum(f.nbytes for f in todo) - have + tokenizer.stat().st_size + (1 << 20)
-    check_free_space(out if out.exists() else out.parent, needed, force=options.force)
-
-    out.mkdir(parents=True, exist_ok=True)
-    state.save()
-    prog = _TotalProgress(progress)
-    total_in = sum(i.in_bytes for f in files for i in f.items)
-    progress.task(TOTAL_KEY, total_in, f"{options.target} → {out.name}")
+    _refuse_overlap(ckpt, out, tokenizer)
     source = SourceProvider(ckpt, options.experts, wait=options.wait,
                             wait_timeout=options.wait_timeout, progress=progress)
-    hashed: dict[str, dict[str, Any]] = {}  # manifest entries of the files written in this run
-    try:
-        for f in files:
-            if f not in todo:
-                progress.advance(TOTAL_KEY, sum(i.in_bytes for i in f.items))
-                continue
-            sink = (FileSink if f.kind == "file" else DirSink)(out, f.relpath, state)
-            skipped = sum(i.in_bytes for i in f.items if sink.done(i.key))
-            if skipped:
-                progress.advance(TOTAL_KEY, skipped)
-            try:
-                target.write_file(f, sink, source, prog)
-                sink.finish()
-            finally:
-                sink.close()
-            entry = sink.manifest_entry()
-            if entry is not None:
-                hashed[f.relpath] = entry
-            progress.event("file", path=f.relpath, bytes=sink.final.stat().st_size
-                           if f.kind == "file" else f.nbytes)
-    except (CheckpointError, UsageError):
+    if not source.hashes_pieces:
+        progress.event("warning", message="no saved torrent (.grokfetch/*.torrent) next to "
+                       "the checkpoint: inputs were checked by size and header only, not "
+                       "hashed; run `grokfetch verify` to be sure of them")
+    if out.exists() and not out.is_dir():
+        if not options.force:
+            raise OutputExistsError(out)
+        remove_tree(out)
+    created = not out.exists()
+    with contextlib.ExitStack() as held:
+        held.enter_context(folder_lock(out, f"convert to {options.target}"))
         if created:
-            # the input is at fault and OUT is ours: leave nothing half-written behind
-            with contextlib.suppress(OSError):
-                shutil.rmtree(out)
-        raise
+            held.callback(_remove_if_empty, out)
+        held.enter_context(disk_full_as_error(out, f"conversion to {options.target}"))
+        state, resumed = _prepare_out(out, target, files, fingerprint, options.force, created)
 
-    body = (json.dumps(target.out_config.to_json(), indent=2) + "\n").encode()
-    hashed[CONFIG_FILENAME] = _write_hashed(out, CONFIG_FILENAME, [body])
-    with open(tokenizer, "rb") as src:
-        hashed[TOKENIZER_FILENAME] = _write_hashed(out, TOKENIZER_FILENAME,
-                                                   iter(lambda: src.read(1 << 20), b""))
-    manifest_path = _write_manifest(out, _manifest_files(out, target, files), hashed, progress)
-    state.remove()
-    progress.done(TOTAL_KEY)
+        todo = [f for f in files
+                if not (state.is_complete(f.relpath) and safe_join(out, f.relpath).exists())]
+        have = sum(state.files.get(f.relpath, {}).get("offset", 0) for f in todo)
+        needed = sum(f.nbytes for f in todo) - have + tokenizer.stat().st_size + (1 << 20)
+        check_free_space(out, needed, force=options.force)
+        state.save()
+        prog = _TotalProgress(progress)
+        total_in = sum(i.in_bytes for f in files for i in f.items)
+        progress.task(TOTAL_KEY, total_in, f"{options.target} → {out.name}")
+        hashed: dict[str, dict[str, Any]] = {}  # manifest entries of the files written in this run
+        try:
+            for f in files:
+                if f not in todo:
+                    progress.advance(TOTAL_KEY, sum(i.in_bytes for i in f.items))
+                    continue
+                sink = (FileSink if f.kind == "file" else DirSink)(out, f.relpath, state)
+                skipped = sum(i.in_bytes for i in f.items if sink.done(i.key))
+                if skipped:
+                    progress.advance(TOTAL_KEY, skipped)
+                try:
+                    target.write_file(f, sink, source, prog)
+                    sink.finish()
+                finally:
+                    sink.close()
+                entry = sink.manifest_entry()
+                if entry is not None:
+                    hashed[f.relpath] = entry
+                progress.event("file", path=f.relpath, bytes=sink.final.stat().st_size
+                               if f.kind == "file" else f.nbytes)
+        except (CheckpointError, UsageError):
+            if created:
+                # the input is at fault and OUT is ours: leave nothing half-written behind
+                with contextlib.suppress(OSError):
+                    shutil.rmtree(out)
+            raise
 
-    out_files = []
-    for f in files:
-        p = safe_join(out, f.relpath)
-        size = p.stat().st_size if p.is_file() else sum(
-            q.stat().st_size for q in p.rglob("*") if q.is_file())
-        out_files.append({"path": f.relpath, "bytes": size, "tensors": len(f.items)})
-    checked: dict[str, int] = {}
-    for how in source.checked_by.values():
-        checked[how] = checked.get(how, 0) + 1
-    return ConvertReport(
-        target=options.target, out=str(out), files=out_files, bytes_in=prog.bytes_in,
-        bytes_out=sum(f["bytes"] for f in out_files), seconds=time.monotonic() - t0,
-        peak_rss_bytes=peak_rss_bytes(), resumed=resumed,
-        layers=list(options.layers) if options.layers is not None else None,
-        experts=list(options.experts) if options.experts is not None else None,
-        manifest=str(manifest_path) if manifest_path else None, checked_by=checked,
-        details=target.summary())
+        body = (json.dumps(target.out_config.to_json(), indent=2) + "\n").encode()
+        hashed[CONFIG_FILENAME] = _write_hashed(out, CONFIG_FILENAME, [body])
+        with open(tokenizer, "rb") as src:
+            hashed[TOKENIZER_FILENAME] = _write_hashed(out, TOKENIZER_FILENAME,
+                                                       iter(lambda: src.read(1 << 20), b""))
+        manifest_path = _write_manifest(out, _manifest_files(out, target, files), hashed, progress)
+        state.remove()
+        progress.done(TOTAL_KEY)
+
+        out_files = []
+        for f in files:
+            p = safe_join(out, f.relpath)
+            size = p.stat().st_size if p.is_file() else sum(
+                q.stat().st_size for q in p.rglob("*") if q.is_file())
+            out_files.append({"path": f.relpath, "bytes": size, "tensors": len(f.items)})
+        checked: dict[str, int] = {}
+        for how in source.checked_by.values():
+            checked[how] = checked.get(how, 0) + 1
+        return ConvertReport(
+            target=options.target, out=str(out), files=out_files, bytes_in=prog.bytes_in,
+            bytes_out=sum(f["bytes"] for f in out_files), seconds=time.monotonic() - t0,
+            peak_rss_bytes=peak_rss_bytes(), resumed=resumed,
+            layers=list(options.layers) if options.layers is not None else None,
+            experts=list(options.experts) if options.experts is not None else None,
+            manifest=str(manifest_path) if manifest_path else None, checked_by=checked,
+            details=target.summary())
 
 
 def _manifest_files(out: Path, target: Target, files: list[OutputFile]) -> list[str]:

@@ -31,10 +31,12 @@ import ml_dtypes
 import numpy as np
 
 from grokfetch.checkpoint.pickle_format import QW8Ref
-from grokfetch.checkpoint.reader import Checkpoint, TensorFile
+from grokfetch.checkpoint.reader import Checkpoint, TensorFile, scales_problem
 from grokfetch.errors import CheckpointError, GrokfetchError
+from grokfetch.fsutil import real_subdir
 from grokfetch.progress import NULL_PROGRESS, Progress
 from grokfetch.spec import TensorSpec
+from grokfetch.torrent.source import STATE_DIR
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 PAGE = mmap.PAGESIZE
@@ -69,6 +71,12 @@ class SourceTensor:
             self.experts = list(range(n_exp)) if experts is None else list(experts)
         self.weight = self._tf.weight
         self.scales = self._tf.scales
+        problem = scales_problem(self.scales) if self.scales is not None else None
+        if problem:
+            self.close()
+            raise CheckpointError(path, f"{spec.path}: {problem}; refusing to convert it",
+                                  hint="the file is damaged: run `grokfetch verify` and download "
+                                       "it again")
 
     @property
     def _map(self) -> mmap.mmap | None:
@@ -231,10 +239,12 @@ class WaitTimeout(GrokfetchError):
 class SourceProvider:
     """Opens :class:`SourceTensor` objects for a target; waits for files under ``--wait``.
 
-    With ``wait=True`` a file is used once it has exactly ``spec.file_bytes`` bytes, passes the
-    header check and, when the download folder holds ``.grokfetch/*.torrent`` and
-    ``grokfetch.verify.pieces.check_file`` is available, its pieces hash-check against the torrent.
-    ``checked_by`` records which check was applied ("pieces" or "size+header").
+    When the download folder holds a saved torrent (``.grokfetch/<infohash>.torrent``) every file
+    must pass its piece hashes before it is converted: a preallocated file with unwritten ranges
+    (a download killed mid-way) has the right size and header but is refused. Without ``--wait``
+    a failing file is a :class:`CheckpointError` ("run `grokfetch verify`"); with ``wait=True`` a
+    file is used once it has exactly ``spec.file_bytes`` bytes, passes the header check and its
+    pieces. ``checked_by`` records which check was applied ("pieces" or "size+header").
     """
 
     def __init__(self, ckpt: Checkpoint, experts: list[int] | tuple[int, ...] | None = None, *,
@@ -244,13 +254,26 @@ class SourceProvider:
         self.experts = list(experts) if experts is not None else None
         self.progress = progress
         self.checked_by: dict[str, str] = {}
-        self._piece_check = _find_piece_checker(ckpt) if wait else None
+        self._piece_check = _find_piece_checker(ckpt)
+
+    @property
+    def hashes_pieces(self) -> bool:
+        """True when a saved torrent's piece hashes are checked before each file is used."""
+        return self._piece_check is not None
 
     def open(self, spec: TensorSpec) -> SourceTensor:
         path = self.ckpt.file_path(spec)
         if self.wait:
             return self._wait_for(spec, path)
-        return SourceTensor(spec, path, self.experts)
+        ok = self._piece_check(spec) if self._piece_check is not None else None
+        if ok is False:
+            raise CheckpointError(path, f"fails the saved torrent's piece hashes ({spec.path}): "
+                                  "unwritten or damaged ranges",
+                                  hint="run `grokfetch verify` on the download folder, then "
+                                       "`grokfetch download` again to repair it")
+        src = SourceTensor(spec, path, self.experts)
+        self.checked_by[spec.file] = "size+header" if ok is None else "pieces"
+        return src
 
     def _wait_for(self, spec: TensorSpec, path: Path) -> SourceTensor:
         """The source once its file is complete: the header is checked by the very open that
@@ -297,8 +320,8 @@ def _find_piece_checker(ckpt: Checkpoint):
     root = ckpt.layout.root
     torrents: list[Path] = []
     for base in (root, root.parent, root.parent.parent):
-        d = base / ".grokfetch"
-        if d.is_dir():
+        d = real_subdir(base, STATE_DIR)
+        if d is not None:
             torrents = sorted(d.glob("*.torrent"))
             if torrents:
                 break

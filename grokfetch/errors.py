@@ -59,6 +59,23 @@ class UnsafePathError(GrokfetchError):
         super().__init__(f"refusing path {path!r} ({why}): it must stay inside {root}")
 
 
+def brief(value: object, limit: int = 80, _depth: int = 0) -> str:
+    """``value`` as short, printable text: a huge integer becomes its bit length, long text and
+    lists are cut, so formatting a value read from a hostile file costs no more than ``limit``."""
+    if isinstance(value, bool) or value is None or isinstance(value, float):
+        text = repr(value)
+    elif isinstance(value, int):
+        text = repr(value) if value.bit_length() <= 64 else f"<{value.bit_length()}-bit integer>"
+    elif isinstance(value, (list, tuple)) and _depth < 2:
+        inner = ", ".join(brief(v, limit, _depth + 1) for v in value[:8])
+        text = f"[{inner}{', ...' if len(value) > 8 else ''}]"
+    elif isinstance(value, (str, Path)):
+        text = ascii(str(value)[:limit + 1])[1:-1]
+    else:
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 class CheckpointError(GrokfetchError):
     """A checkpoint file that is not what the tensor table says it must be."""
 
@@ -66,7 +83,8 @@ class CheckpointError(GrokfetchError):
                  actual: object = None, hint: str | None = None):
         self.path, self.problem = Path(path), problem
         self.expected, self.actual = expected, actual
-        detail = f" (expected {expected}, found {actual})" if expected is not None else ""
+        detail = f" (expected {brief(expected)}, found {brief(actual)})" \
+            if expected is not None else ""
         super().__init__(f"{path}: {problem}{detail}", hint=hint)
 
 
@@ -77,6 +95,16 @@ class UnsafePickleError(CheckpointError):
         self.offending = offending
         super().__init__(path, f"refused unsafe pickle content {offending}; nothing was executed",
                          hint="the file is not a Grok-1 tensor file: delete it and download it again")
+
+
+class FolderBusyError(GrokfetchError):
+    """Another grokfetch process is writing into the same folder (its advisory lock is held)."""
+
+    def __init__(self, folder: Path | str, what: str, holder: str):
+        self.folder, self.what, self.holder = Path(folder), what, holder
+        super().__init__(f"{folder} is in use by another grokfetch ({brief(holder) or 'unknown'}); "
+                         f"refusing to {what} into it at the same time",
+                         hint="wait for the other run to finish (or stop it), then run again")
 
 
 class InsufficientSpaceError(GrokfetchError):
@@ -90,6 +118,16 @@ class InsufficientSpaceError(GrokfetchError):
             f"not enough free space in {path}: need {human_bytes(needed)} ({needed:,} bytes), "
             f"{human_bytes(free)} ({free:,} bytes) free",
             hint=hint or "free some space or choose another folder (--force skips this check)")
+
+
+class DiskFullError(GrokfetchError):
+    """The disk filled up (ENOSPC or a quota) while writing; what was committed is kept."""
+
+    def __init__(self, path: Path | str, what: str):
+        self.path, self.what = Path(path), what
+        super().__init__(f"{path}: the disk is full; the {what} stopped",
+                         hint="free some space, then rerun the same command: it resumes where "
+                              "it stopped")
 
 
 class CheckFailed(GrokfetchError):

@@ -12,7 +12,6 @@ keys, so layers appear in lexicographic order of their decimal index (0, 1, 10, 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 from collections.abc import Iterator
@@ -21,12 +20,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from grokfetch.errors import ConfigError, UsageError
+from grokfetch.errors import ConfigError, UsageError, brief
+from grokfetch.fsutil import read_json
 
 _NAME_OK = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 CONFIG_FILENAME = "model-config.json"
 CONFIG_FORMAT = "grokfetch-model-config"
 TENSOR_DIR = "ckpt-0"
+MAX_CONFIG_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -99,36 +100,52 @@ class ModelConfig:
 
     @classmethod
     def from_json(cls, data: dict[str, Any], source: str = "config") -> ModelConfig:
-        if data.get("format") != CONFIG_FORMAT or "config" not in data:
+        if data.get("format") != CONFIG_FORMAT or not isinstance(data.get("config"), dict):
             raise ConfigError(source, f"not a {CONFIG_FORMAT} file")
         fields = {f.name for f in dataclasses.fields(cls)}
         raw = dict(data["config"])
         derived_ffn = raw.pop("ffn_size", None)
         unknown = set(raw) - fields
         if unknown:
-            raise ConfigError(source, f"unknown keys {sorted(unknown)}")
+            raise ConfigError(source, f"unknown keys {brief(sorted(unknown))}")
         try:
             cfg = cls(**raw)
         except ConfigError as exc:
             raise ConfigError(source, exc.problem) from None
         except (TypeError, ValueError) as exc:
-            raise ConfigError(source, str(exc)) from None
+            raise ConfigError(source, brief(str(exc), 200)) from None
         if derived_ffn is not None and derived_ffn != cfg.ffn_size:
             raise ConfigError(source, f"ffn_size {derived_ffn} disagrees with the rule ({cfg.ffn_size})")
         return cfg
+
+
+#: Upper bounds of the config numbers (generous multiples of Grok-1's), so a hostile
+#: ``model-config.json`` cannot make a table of millions of tensors or absurd shapes.
+CONFIG_LIMITS: dict[str, float] = {
+    "vocab_size": 1 << 21, "emb_size": 1 << 16, "key_size": 1024, "num_q_heads": 1024,
+    "num_kv_heads": 1024, "num_layers": 1024, "widening_factor": 64, "num_experts": 1024,
+    "num_selected_experts": 1024, "sequence_len": 1 << 20, "scale_row_blocks": 1024,
+}
+_FLOAT_LIMIT = 1e9
+_TOKEN_LIMIT = 1 << 21
 
 
 def _number_problem(f: dataclasses.Field, value: Any) -> str | None:
     """What is wrong with a numeric config field (fields are ``int`` or ``float``), if anything."""
     if f.type not in ("int", "float"):
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return f"{f.name} must be a number, not {value!r}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            (isinstance(value, float) and not math.isfinite(value)):
+        return f"{f.name} must be a number, not {brief(value)}"
     if f.type == "int" and not isinstance(value, int):
-        return f"{f.name} must be a whole number, not {value!r}"
+        return f"{f.name} must be a whole number, not {brief(value)}"
+    limit = _TOKEN_LIMIT if f.name.endswith("_token_id") else \
+        CONFIG_LIMITS.get(f.name, _FLOAT_LIMIT)
+    if value > limit:
+        return f"{f.name} {brief(value)} is larger than {limit:g}"
     if f.name.endswith("_token_id"):
         return None if value >= 0 else f"{f.name} must not be negative"
-    return None if value > 0 else f"{f.name} must be positive, not {value!r}"
+    return None if value > 0 else f"{f.name} must be positive, not {brief(value)}"
 
 
 GROK_1 = ModelConfig(
@@ -208,16 +225,18 @@ def preset(name: str) -> ModelConfig:
 def load_config(root: Path | None, preset_name: str | None = None) -> ModelConfig:
     """The checkpoint's own ``model-config.json`` when ``root`` has one, else the preset.
 
-    The real release carries no config file, so the default preset is ``grok-1``.
+    The real release carries no config file, so the default preset is ``grok-1``. Only
+    ``root`` itself is looked at (never a parent folder someone else controls).
     """
-    if root is not None:
-        for candidate in (root / CONFIG_FILENAME, root.parent / CONFIG_FILENAME):
-            if candidate.is_file():
-                try:
-                    data = json.loads(candidate.read_text())
-                except (OSError, ValueError) as exc:
-                    raise ConfigError(str(candidate), f"unreadable: {exc}") from None
-                return ModelConfig.from_json(data, str(candidate))
+    if root is not None and (root / CONFIG_FILENAME).is_file():
+        candidate = root / CONFIG_FILENAME
+        try:
+            data = read_json(candidate, MAX_CONFIG_BYTES)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(str(candidate), f"unreadable: {brief(str(exc), 200)}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(str(candidate), f"not a {CONFIG_FORMAT} file")
+        return ModelConfig.from_json(data, str(candidate))
     return preset(preset_name or "grok-1")
 
 

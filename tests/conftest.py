@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -52,3 +53,40 @@ def real_tokenizer() -> Path:
     if not REAL_TOKENIZER.is_file():
         pytest.skip(f"real tokenizer not found at {REAL_TOKENIZER}")
     return REAL_TOKENIZER
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """``tmpfs("24m")`` mounts a fresh tmpfs of that size and returns its path (unmounted after
+    the test); skips where mounting is not allowed."""
+    mounts: list[Path] = []
+
+    def mount(size: str) -> Path:
+        mnt = tmp_path / f"tmpfs{len(mounts)}"
+        mnt.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+                           capture_output=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+        mounts.append(mnt)
+        return mnt
+
+    yield mount
+    for mnt in mounts:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+@pytest.fixture
+def fill_disk():
+    """``fill_disk(path)`` writes ``path`` until its file system is full (ENOSPC)."""
+
+    def fill(path: Path) -> None:
+        with open(path, "wb") as f:
+            try:
+                while True:
+                    f.write(b"\xff" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+
+    return fill

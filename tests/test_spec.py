@@ -148,7 +148,7 @@ def test_config_json_round_trip(tmp_path):
     cfg = PRESETS["tiny"]
     (tmp_path / "model-config.json").write_text(json.dumps(cfg.to_json()))
     assert load_config(tmp_path) == cfg
-    assert load_config(tmp_path / "ckpt-0") == cfg  # found one level up
+    assert load_config(tmp_path / "ckpt-0") == GROK_1  # a parent folder's config is not used
     assert load_config(None) == GROK_1
 
 
@@ -166,7 +166,9 @@ def test_bad_config_and_preset(tmp_path):
 
 @pytest.mark.parametrize("change", [{"name": "../../evil"}, {"name": ""}, {"num_kv_heads": 0},
                                     {"scale_row_blocks": 0}, {"emb_size": -256}, {"rope_base": float("inf")},
-                                    {"num_layers": 2.5}, {"vocab_size": "1024"}, {"pad_token_id": -1}])
+                                    {"num_layers": 2.5}, {"vocab_size": "1024"}, {"pad_token_id": -1},
+                                    {"num_layers": 2_000_000}, {"emb_size": 10**400},
+                                    {"rope_base": 1e300}, {"bos_token_id": 2**64}])
 def test_config_json_is_validated(tmp_path, change):
     data = PRESETS["tiny"].to_json()
     data["config"].pop("ffn_size")

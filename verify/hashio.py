@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from grokfetch.errors import UsageError
+from grokfetch.fsutil import has_holes
 
 MiB = 1024 * 1024
 DEFAULT_BLOCK = 16 * MiB
@@ -211,6 +212,11 @@ def mapped_blocks(ext: Extent, block: int = DEFAULT_BLOCK) -> Iterator[memoryvie
     with open(ext.path, "rb") as f:
         if os.fstat(f.fileno()).st_size < ext.offset + ext.length:
             raise ShortReadError(f"{ext.path} is shorter than {ext.offset + ext.length} bytes")
+        if has_holes(f.fileno(), ext.offset, ext.offset + ext.length):
+            # a never-written range: mapping it can fault (SIGBUS) on a full disk; read() cannot
+            with BlockReader([ext], block=block) as reader:
+                yield from reader
+            return
         m = mmap.mmap(f.fileno(), ext.offset + ext.length - base, access=mmap.ACCESS_READ, offset=base)
     try:
         if hasattr(m, "madvise"):

@@ -20,7 +20,6 @@ Writers that already hold the bytes (the converters) can hash while writing with
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -40,8 +39,15 @@ from grokfetch.verify.hashio import (
 )
 from grokfetch.verify.report import WARNING, Finding, Report, merge_ranges
 
-from grokfetch.errors import UnsafePathError, UsageError
-from grokfetch.fsutil import check_relpath, safe_join, write_atomic
+from grokfetch.errors import UnsafePathError, UsageError, brief
+from grokfetch.fsutil import (
+    LOCK_NAME,
+    check_relpath,
+    folder_lock,
+    read_json,
+    safe_join,
+    write_atomic,
+)
 from grokfetch.progress import NULL_PROGRESS, Progress
 
 MANIFEST_NAME = "grokfetch-manifest.json"
@@ -52,10 +58,16 @@ DEFAULT_ALGO = "xxh3_128"
 DEFAULT_CHUNK = 64 * MiB
 #: Bytes per unit of parallel work when checking (a run of whole chunks of one file).
 WORK_ITEM = 256 * MiB
+#: Bounds on what a manifest may declare, checked before any arithmetic or allocation: a
+#: 142-byte manifest must not cost gigabytes.
+MAX_MANIFEST_BYTES = 64 * MiB
+MAX_FILE_SIZE = 1 << 50
+MIN_CHUNK, MAX_CHUNK = 4096, 1 << 34
+MAX_CHUNKS = 1 << 20
 
 
 def _chunk_lengths(size: int, chunk_size: int) -> list[int]:
-    n = math.ceil(size / chunk_size)
+    n = -(-size // chunk_size)
     return [min(chunk_size, size - i * chunk_size) for i in range(n)]
 
 
@@ -91,10 +103,10 @@ class StreamHasher:
 
 
 def is_state_path(relpath: str, partial: bool = True) -> bool:
-    """Files grokfetch keeps for itself (the manifest, ``.grokfetch/``; with ``partial`` also
-    unfinished ``*.partial`` outputs): never part of a manifest."""
+    """Files grokfetch keeps for itself (the manifest, ``.grokfetch/``, writers' lock files; with
+    ``partial`` also unfinished ``*.partial`` outputs): never part of a manifest."""
     top = relpath.split("/", 1)[0]
-    return (relpath == MANIFEST_NAME or top == STATE_DIR
+    return (relpath == MANIFEST_NAME or top == STATE_DIR or relpath.rsplit("/", 1)[-1] == LOCK_NAME
             or (partial and relpath.endswith(".partial")))
 
 
@@ -137,8 +149,8 @@ def build_manifest(root: Path, files: list[str] | None = None, *, algo: str = DE
     """
     root = Path(root)
     new = hasher_factory(algo)
-    if chunk_size <= 0:
-        raise UsageError(f"bad chunk size {chunk_size}")
+    if not MIN_CHUNK <= chunk_size <= MAX_CHUNK:
+        raise UsageError(f"bad chunk size {chunk_size}: must be {MIN_CHUNK:,} to {MAX_CHUNK:,}")
     if not root.is_dir():
         raise UsageError(f"{root} is not a folder")
     rels = list_files(root) if files is None else list(files)
@@ -177,10 +189,18 @@ def write_manifest(root: Path, out: Path | None = None, files: list[str] | None 
     """Build (or take ``entries`` from :class:`StreamHasher`) and write a manifest atomically.
 
     Returns the manifest path (default ``root / MANIFEST_NAME``). An existing file is replaced:
-    callers that must not overwrite check first.
+    callers that must not overwrite check first. The manifest's folder is locked meanwhile
+    (:func:`grokfetch.fsutil.folder_lock`).
     """
     root = Path(root)
     out = Path(out) if out is not None else root / MANIFEST_NAME
+    with folder_lock(out.parent, "write a manifest"):
+        return _write_manifest(root, out, files, algo, chunk_size, jobs, entries, progress)
+
+
+def _write_manifest(root: Path, out: Path, files: list[str] | None, algo: str, chunk_size: int,
+                    jobs: int | None, entries: list[dict[str, Any]] | None,
+                    progress: Progress) -> Path:
     if entries is not None:
         from grokfetch import __version__
 
@@ -202,11 +222,11 @@ def load_manifest(manifest: Path) -> dict[str, Any]:
         UsageError: unreadable, not a grokfetch manifest, unknown version/algo, malformed entry.
     """
     try:
-        doc = json.loads(Path(manifest).read_text())
+        doc = read_json(manifest, MAX_MANIFEST_BYTES)
     except FileNotFoundError:
         raise UsageError(f"manifest not found: {manifest}") from None
     except (OSError, ValueError) as exc:
-        raise UsageError(f"unreadable manifest {manifest}: {exc}") from None
+        raise UsageError(f"unreadable manifest {manifest}: {brief(str(exc), 200)}") from None
 
     def bad(why: str) -> UsageError:
         return UsageError(f"bad manifest {manifest}: {why}")
@@ -220,8 +240,8 @@ def load_manifest(manifest: Path) -> dict[str, Any]:
     except UsageError as exc:
         raise UsageError(f"manifest {manifest}: {exc}", hint=exc.hint) from None
     cs = doc.get("chunk_size")
-    if not isinstance(cs, int) or isinstance(cs, bool) or cs <= 0:
-        raise bad(f"chunk_size {cs!r}")
+    if not isinstance(cs, int) or isinstance(cs, bool) or not MIN_CHUNK <= cs <= MAX_CHUNK:
+        raise bad(f"chunk_size {brief(cs)} (must be {MIN_CHUNK:,} to {MAX_CHUNK:,})")
     files = doc.get("files")
     if not isinstance(files, list):
         raise bad("no file list")
@@ -229,16 +249,18 @@ def load_manifest(manifest: Path) -> dict[str, Any]:
     for i, e in enumerate(files):
         if not (isinstance(e, dict) and isinstance(e.get("path"), str)
                 and isinstance(e.get("size"), int) and not isinstance(e["size"], bool)
-                and e["size"] >= 0
+                and 0 <= e["size"] <= MAX_FILE_SIZE
                 and isinstance(e.get("hash"), str)):
-            raise bad(f"entry {i} needs path (str), size (int >= 0) and hash (str)")
+            raise bad(f"entry {i} needs path (str), size (int, 0 to 2**50) and hash (str)")
+        if -(-e["size"] // cs) > MAX_CHUNKS:
+            raise bad(f"entry {i}: more than {MAX_CHUNKS:,} chunks of {cs:,} bytes")
         chunks = e.get("chunks")
         if chunks is not None and (not isinstance(chunks, list)
-                                   or len(chunks) != math.ceil(e["size"] / cs)
+                                   or len(chunks) != -(-e["size"] // cs)
                                    or not all(isinstance(c, str) for c in chunks)):
-            raise bad(f"entry {e['path']!r}: chunk list does not fit size {e['size']}")
+            raise bad(f"entry {brief(e['path'])!r}: chunk list does not fit size {e['size']}")
         if e["path"] in seen:
-            raise bad(f"duplicate path {e['path']!r}")
+            raise bad(f"duplicate path {brief(e['path'])!r}")
         seen.add(e["path"])
     return doc
 
@@ -290,7 +312,7 @@ def check_manifest(root: Path, manifest: Path, *, jobs: int | None = None,
             continue
         report.files_checked += 1
         have = st.st_size
-        n_chunks = math.ceil(size / cs)
+        n_chunks = -(-size // cs)
         if have < size:
             report.add(Finding("truncated", rel, f"{have:,} bytes, expected {size:,}",
                                pieces=list(range(have // cs, n_chunks)), ranges=[(have, size)]))
@@ -345,7 +367,7 @@ def check_manifest(root: Path, manifest: Path, *, jobs: int | None = None,
             continue
         ranges = [(c * cs, min((c + 1) * cs, size)) for c in sorted(chunks)]
         report.add(Finding("corrupted", rel,
-                           f"{len(chunks)} of {math.ceil(size / cs)} chunks differ ({algo})",
+                           f"{len(chunks)} of {-(-size // cs)} chunks differ ({algo})",
                            pieces=sorted(chunks), ranges=merge_ranges(ranges)))
     own = Path(manifest).resolve()
     for rel in list_files(root, partial=True):

@@ -19,6 +19,7 @@ from grokfetch.verify.structure import check_structure
 from grokfetch.verify.torrentfile import Torrent, load_torrent
 
 from grokfetch.errors import NotFoundError, UsageError
+from grokfetch.fsutil import real_subdir
 from grokfetch.progress import NULL_PROGRESS, Progress
 
 
@@ -37,8 +38,9 @@ class Plan:
 
 def saved_torrents(path: Path) -> list[Path]:
     """``.torrent`` files a download saved for ``path`` (as download dir or as top folder)."""
-    for state in (path / STATE_DIR, path.parent / STATE_DIR):
-        found = sorted(state.glob("*.torrent")) if state.is_dir() else []
+    for base in (path, path.parent):
+        state = real_subdir(base, STATE_DIR)  # a link leading outside is refused
+        found = sorted(state.glob("*.torrent")) if state is not None else []
         if found:
             return found
     return []
@@ -64,7 +66,10 @@ def download_selection(path: Path, torrent: Torrent) -> set[int] | None:
     ``file_priority`` list of its resume data; None when every file was wanted or unknown."""
     if not torrent.has_v1:
         return None  # v2-only file indices include pad entries this parser does not list
-    for state in (path / STATE_DIR, path.parent / STATE_DIR):
+    for base in (path, path.parent):
+        state = real_subdir(base, STATE_DIR)
+        if state is None:
+            continue
         resume = state / f"{torrent.infohash}.resume"
         if not resume.is_file():
             continue

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from grokfetch.verify.report import WARNING, Finding, Report
 
-from grokfetch.checkpoint.reader import open_checkpoint
+from grokfetch.checkpoint.reader import open_checkpoint, scales_problem
 from grokfetch.errors import CheckpointError
 from grokfetch.progress import NULL_PROGRESS, Progress
 from grokfetch.spec import CONFIG_FILENAME, TensorSpec
@@ -31,12 +31,8 @@ def _values_problem(tf, spec: TensorSpec) -> str | None:
     """A sentence when the scales or a small float32 tensor hold impossible values."""
     scales = tf.scales
     if scales is not None:
-        s = np.asarray(scales, dtype=np.float32)
-        if not np.isfinite(s).all():
-            return f"{int((~np.isfinite(s)).sum())} non-finite scales"
-        if (s == 0).any():
-            return f"{int((s == 0).sum())} zero scales"
-    elif spec.payload_bytes <= SMALL_F32_BYTES:
+        return scales_problem(scales)
+    if spec.payload_bytes <= SMALL_F32_BYTES:
         w = np.asarray(tf.weight)
         if not np.isfinite(w).all():
             return f"{int((~np.isfinite(w)).sum())} non-finite values"
@@ -62,7 +58,7 @@ def check_structure(path: Path, *, preset: str | None = None, values: bool = Tru
     t0 = time.monotonic()
     ck = open_checkpoint(path, preset)
     base = Path(rel_to) if rel_to is not None else ck.layout.root
-    has_config = any((p / CONFIG_FILENAME).is_file() for p in (ck.layout.root, ck.layout.root.parent))
+    has_config = (ck.layout.root / CONFIG_FILENAME).is_file()
     report = Report(root=base, checks=["structure"],
                     sources={"config": CONFIG_FILENAME if has_config
                              else f"preset {ck.config.name}"})

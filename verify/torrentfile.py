@@ -90,9 +90,15 @@ def _join(parts: list[str]) -> tuple[str, str | None]:
     return "/".join(parts), why
 
 
-def _int(v: Any, what: str) -> int:
-    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-        raise UsageError(f"bad torrent: {what} is not a non-negative integer")
+#: Bounds on a torrent's numbers, checked before any arithmetic (a 318 GB release needs far less).
+MAX_LENGTH = 1 << 50
+MAX_PIECE_LENGTH = 1 << 30
+MAX_FILES = 1 << 20
+
+
+def _int(v: Any, what: str, limit: int = MAX_LENGTH) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= limit:
+        raise UsageError(f"bad torrent: {what} is not an integer from 0 to {limit:,}")
     return v
 
 
@@ -109,7 +115,7 @@ def parse_torrent(data: bytes) -> Torrent:
     name = _text(info.get(b"name.utf-8", info.get(b"name")), "name")
     if _unsafe_component(name) or not name:
         raise UsageError(f"bad torrent: unsafe top-level name {name!r}")
-    plen = _int(info.get(b"piece length"), "piece length")
+    plen = _int(info.get(b"piece length"), "piece length", MAX_PIECE_LENGTH)
     v2 = info.get(b"meta version") == 2 and isinstance(info.get(b"file tree"), dict)
     if plen <= 0 or (v2 and (plen < 16384 or plen & (plen - 1))):
         raise UsageError(f"bad torrent: piece length {plen}")
@@ -136,6 +142,8 @@ def parse_torrent(data: bytes) -> Torrent:
     if t.v1_pieces is not None:
         if b"files" in info:
             offset = 0
+            if not isinstance(info[b"files"], list) or len(info[b"files"]) > MAX_FILES:
+                raise UsageError(f"bad torrent: files is not a list of at most {MAX_FILES:,}")
             for i, f in enumerate(info[b"files"]):
                 if not isinstance(f, dict):
                     raise UsageError(f"bad torrent: file entry {i} is not a dictionary")
@@ -146,6 +154,8 @@ def parse_torrent(data: bytes) -> Torrent:
                 rel, why = _join([_text(p, "path component") for p in raw])
                 attr = f.get(b"attr", b"")
                 pad = isinstance(attr, bytes) and b"p" in attr
+                if isinstance(attr, bytes) and b"l" in attr:
+                    why = why or "a BEP-47 symlink entry (never created or followed)"
                 t.files.append(TorrentFile(rel, size, offset, pad, roots.get(rel), why))
                 offset += size
         else:
@@ -159,6 +169,11 @@ def parse_torrent(data: bytes) -> Torrent:
         t.multi_file = not single
         for rel, size, why in v2_order:
             t.files.append(TorrentFile(rel, size, 0, False, roots.get(rel), why))
+    if len(t.files) > MAX_FILES:
+        raise UsageError(f"bad torrent: more than {MAX_FILES:,} files")
+    if t.v1_pieces is not None and len(t.v1_pieces) // 20 != t.num_pieces_v1:
+        raise UsageError(f"bad torrent: {len(t.v1_pieces) // 20:,} piece hashes for "
+                         f"{t.num_pieces_v1:,} pieces")
     return t
 
 
@@ -172,6 +187,9 @@ def _walk_tree(node: Any, parts: list[str], roots: dict[str, bytes],
             leaf = child if isinstance(child, dict) else {}
             size = _int(leaf.get(b"length"), "v2 file length")
             rel, why = _join(parts)
+            attr = leaf.get(b"attr", b"")
+            if isinstance(attr, bytes) and b"l" in attr:
+                why = why or "a BEP-47 symlink entry (never created or followed)"
             root = leaf.get(b"pieces root")
             if isinstance(root, bytes) and len(root) == 32:
                 roots[rel] = root

@@ -16,7 +16,7 @@ import numpy as np
 from grokfetch.checkpoint.reader import TOKENIZER_FILENAME
 from grokfetch.checkpoint.writer import quantize_int8, write_tensor_file
 from grokfetch.errors import OutputExistsError
-from grokfetch.fsutil import write_atomic
+from grokfetch.fsutil import folder_lock, write_atomic
 from grokfetch.progress import NULL_PROGRESS, Progress
 from grokfetch.spec import CONFIG_FILENAME, TENSOR_DIR, ModelConfig, TensorSpec, TensorTable, preset
 
@@ -116,12 +116,13 @@ def write_fixture(out: Path | str, preset_name: str = "mini", *, seed: int = 0,
         for existing in (tdir, out / TOKENIZER_FILENAME, out / CONFIG_FILENAME):
             if existing.is_file() or (existing.is_dir() and any(existing.iterdir())):
                 raise OutputExistsError(existing)
-    tdir.mkdir(parents=True, exist_ok=True)
-    progress.task("fixture", table.file_bytes, f"writing {cfg.name} fixture")
-    for spec in table:
-        weight, scales = tensor_values(spec, seed)
-        progress.advance("fixture", write_tensor_file(tdir / spec.file, spec, weight, scales))
-    write_atomic(out / TOKENIZER_FILENAME, train_tokenizer(cfg.vocab_size, seed))
-    write_atomic(out / CONFIG_FILENAME, json.dumps(cfg.to_json(), indent=2) + "\n")
+    with folder_lock(out, "write a fixture"):
+        tdir.mkdir(parents=True, exist_ok=True)
+        progress.task("fixture", table.file_bytes, f"writing {cfg.name} fixture")
+        for spec in table:
+            weight, scales = tensor_values(spec, seed)
+            progress.advance("fixture", write_tensor_file(tdir / spec.file, spec, weight, scales))
+        write_atomic(out / TOKENIZER_FILENAME, train_tokenizer(cfg.vocab_size, seed))
+        write_atomic(out / CONFIG_FILENAME, json.dumps(cfg.to_json(), indent=2) + "\n")
     progress.done("fixture")
     return table

@@ -1,4 +1,4 @@
-"""The Grok-1 tensor-file pickle format, and a safe, zero-copy scanner for it.
+"""The Grok-1 tensor-file pickle format, and a safe, bounded, zero-copy scanner for it.
 
 A tensor file is one protocol-4 pickle written by numpy 1.26's ``pickle.dump``: either a plain
 ``ndarray`` (float32) or a ``__main__.QuantizedWeight8bit`` whose state dict holds ``weight``
@@ -6,16 +6,20 @@ A tensor file is one protocol-4 pickle written by numpy 1.26's ``pickle.dump``: 
 ``numpy.core.multiarray._reconstruct`` + BUILD with the raw bytes in one BINBYTES payload.
 (``pickle_emit`` writes exactly these bytes.)
 
-The scanner never runs the unpickler: it walks the opcodes, allows only the handful of globals
-such a file names, evaluates the stack symbolically and returns where each payload lies, so a
-1.6 GB expert tensor is memory-mapped, never copied. Anything else raises
-:class:`UnsafePickleError` naming the opcode or global.
+The scanner never runs the unpickler: it walks the opcodes, allows only the handful of opcodes,
+globals and object kinds such a file holds, evaluates the stack symbolically and returns where
+each payload lies, so a 1.6 GB expert tensor is memory-mapped, never copied. Its work is bounded
+by the header, never by the payload or by what the file asks for: at most :data:`MAX_OPS`
+opcodes, :data:`MAX_MEMO` memo slots, :data:`MAX_STACK` stack entries, :data:`MAX_DEPTH` levels
+of nesting, short strings and small integers. It never hashes, compares or formats an object the
+file built (only its own node types and bounded strings). Anything else raises
+:class:`UnsafePickleError` (a forbidden opcode or global) or :class:`CheckpointError` (a
+malformed or out-of-bounds structure), naming the byte offset.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Union
 
@@ -39,6 +43,18 @@ ALLOWED_GLOBALS = {
 }
 _DTYPE_CODES = {"f4": "float32", "<f4": "float32", "i1": "int8", "|i1": "int8"}
 
+#: Bounds on the work one header may cause (a real file needs ~130 opcodes, ~40 memo slots,
+#: nesting 4, strings under 40 bytes, integers under 2**40).
+MAX_OPS = 1024
+MAX_MEMO = 256
+MAX_STACK = 128
+MAX_DEPTH = 8
+MAX_STR = 256
+MAX_INT_BYTES = 8
+MAX_NDIM = 8
+MAX_DIM = 1 << 40
+MAX_PAYLOADS = 4
+
 
 @dataclass(frozen=True)
 class ArrayRef:
@@ -59,178 +75,279 @@ class QW8Ref:
 TensorRef = Union[ArrayRef, QW8Ref]
 
 
-_MARK = object()
+class _Mark:
+    depth = 0
+
+
+_MARK = _Mark()
 
 
 class _Global:
+    depth = 0
+
     def __init__(self, kind: str):
         self.kind = kind
 
 
+class _Tuple:
+    def __init__(self, items: tuple):
+        self.items = items
+        self.depth = 1 + max((_depth(x) for x in items), default=0)
+
+
+class _Dict:
+    depth = 1
+
+    def __init__(self) -> None:
+        self.items: dict[str, object] = {}
+
+
 class _Call:
-    def __init__(self, func: _Global, args: tuple):
+    def __init__(self, func: _Global, args: _Tuple):
         self.func, self.args, self.state = func, args, None
+        self.depth = args.depth + 1
 
 
 class _Payload:
+    depth = 0
+
     def __init__(self, offset: int, nbytes: int):
         self.offset, self.nbytes = offset, nbytes
 
 
-def _iter_ops(buf, path: str) -> Iterator[tuple[int, int, object]]:
-    """Yield ``(position, opcode, argument)``; byte payloads are yielded as ``_Payload``."""
-    pos, n = 0, len(buf)
+def _depth(obj: object) -> int:
+    return getattr(obj, "depth", 0)
 
-    def take(k: int) -> bytes:
-        nonlocal pos
-        if pos + k > n:
-            from grokfetch.errors import CheckpointError
-            raise CheckpointError(path, "truncated pickle", expected=f"{pos + k} bytes", actual=n)
-        out = bytes(buf[pos:pos + k])
-        pos += k
-        return out
 
-    while True:
-        start = pos
-        op = take(1)[0]
-        if op in (0x8C,):  # SHORT_BINUNICODE
-            arg: object = take(take(1)[0]).decode("utf-8", "replace")
-        elif op == 0x58:  # BINUNICODE
-            arg = take(struct.unpack("<I", take(4))[0]).decode("utf-8", "replace")
-        elif op in (0x43, 0x42, 0x8E):  # SHORT_BINBYTES, BINBYTES, BINBYTES8: skip the payload
-            size = take(1)[0] if op == 0x43 else \
-                struct.unpack("<I", take(4))[0] if op == 0x42 else struct.unpack("<Q", take(8))[0]
-            if pos + size > n:
-                from grokfetch.errors import CheckpointError
-                raise CheckpointError(path, "truncated payload", expected=f"{pos + size} bytes", actual=n)
-            arg = _Payload(pos, size)
-            pos += size
-        elif op == 0x95:  # FRAME
-            arg = struct.unpack("<Q", take(8))[0]
-        elif op == 0x4B:  # BININT1
-            arg = take(1)[0]
-        elif op == 0x4D:  # BININT2
-            arg = struct.unpack("<H", take(2))[0]
-        elif op == 0x4A:  # BININT
-            arg = struct.unpack("<i", take(4))[0]
-        elif op == 0x8A:  # LONG1
-            arg = int.from_bytes(take(take(1)[0]), "little", signed=True)
-        elif op == 0x68:  # BINGET
-            arg = take(1)[0]
-        elif op == 0x6A:  # LONG_BINGET
-            arg = struct.unpack("<I", take(4))[0]
-        elif op == 0x71:  # BINPUT
-            arg = take(1)[0]
-        elif op == 0x72:  # LONG_BINPUT
-            arg = struct.unpack("<I", take(4))[0]
-        elif op == 0x80:  # PROTO
-            arg = take(1)[0]
-        else:
-            arg = None
-        yield start, op, arg
-        if op == 0x2E:  # STOP
-            return
+def _text(s: str) -> str:
+    """A file-supplied name made safe to print: short and ASCII."""
+    return ascii(s[:60])[1:-1]
 
 
 _SIMPLE = {0x89: False, 0x88: True, 0x4E: None}  # NEWFALSE, NEWTRUE, NONE
-_NAMES = {0x63: "GLOBAL", 0x69: "INST", 0x6F: "OBJ", 0x92: "NEWOBJ_EX", 0x2E: "STOP"}
+_NAMES = {0x63: "GLOBAL", 0x69: "INST", 0x6F: "OBJ", 0x92: "NEWOBJ_EX", 0x2E: "STOP",
+          0x73: "SETITEM", 0x61: "APPEND", 0x65: "APPENDS", 0x5D: "EMPTY_LIST",
+          0x8F: "EMPTY_SET", 0x90: "ADDITEMS", 0x91: "FROZENSET", 0x50: "PERSID",
+          0x51: "BINPERSID", 0x82: "EXT1", 0x83: "EXT2", 0x84: "EXT4", 0x96: "BYTEARRAY8",
+          0x97: "NEXT_BUFFER", 0x98: "READONLY_BUFFER", 0x8B: "LONG4", 0x8D: "BINUNICODE8",
+          0x46: "FLOAT", 0x47: "BINFLOAT", 0x49: "INT", 0x4C: "LONG", 0x53: "STRING",
+          0x54: "BINSTRING", 0x55: "SHORT_BINSTRING", 0x56: "UNICODE", 0x67: "GET", 0x70: "PUT",
+          0x30: "POP", 0x31: "POP_MARK", 0x32: "DUP"}
+
+
+class _Scanner:
+    """One pass over the opcodes of ``buf``; see :func:`scan`."""
+
+    def __init__(self, buf, path: str):
+        self.buf, self.path, self.n = buf, path, len(buf)
+        self.pos = 0
+        self.op_start = 0
+        self.stack: list = []
+        self.memo: dict[int, object] = {}
+        self.payloads = 0
+
+    # --- errors -------------------------------------------------------------------------------
+    def bad(self, problem: str, **kw):
+        from grokfetch.errors import CheckpointError
+
+        return CheckpointError(self.path, f"{problem} at byte {self.op_start}", **kw)
+
+    def unsafe(self, what: str):
+        from grokfetch.errors import UnsafePickleError
+
+        return UnsafePickleError(self.path, f"{what} at byte {self.op_start}")
+
+    # --- reading ------------------------------------------------------------------------------
+    def take(self, k: int) -> bytes:
+        if self.pos + k > self.n:
+            raise self.bad("truncated pickle", expected=f"{self.pos + k} bytes",
+                           actual=f"{self.n} bytes")
+        out = bytes(self.buf[self.pos:self.pos + k])
+        self.pos += k
+        return out
+
+    def u(self, fmt: str) -> int:
+        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
+
+    def string(self, size: int) -> str:
+        if size > MAX_STR:
+            raise self.bad(f"string of {size} bytes (at most {MAX_STR})")
+        return self.take(size).decode("utf-8", "replace")
+
+    def payload(self, size: int) -> _Payload:
+        if self.pos + size > self.n:
+            raise self.bad("truncated payload", expected=f"{self.pos + size} bytes",
+                           actual=f"{self.n} bytes")
+        self.payloads += 1
+        if self.payloads > MAX_PAYLOADS:
+            raise self.bad(f"more than {MAX_PAYLOADS} byte payloads")
+        out = _Payload(self.pos, size)
+        self.pos += size
+        return out
+
+    # --- the stack ----------------------------------------------------------------------------
+    def push(self, obj: object) -> None:
+        if len(self.stack) >= MAX_STACK:
+            raise self.bad(f"pickle stack deeper than {MAX_STACK}")
+        self.stack.append(obj)
+
+    def pop(self) -> object:
+        if not self.stack:
+            raise self.bad("malformed pickle (stack underflow)")
+        return self.stack.pop()
+
+    def top(self) -> object:
+        if not self.stack:
+            raise self.bad("malformed pickle (stack underflow)")
+        return self.stack[-1]
+
+    def pop_mark(self) -> list:
+        for i in range(len(self.stack) - 1, -1, -1):
+            if self.stack[i] is _MARK:
+                items = self.stack[i + 1:]
+                del self.stack[i:]
+                return items
+        raise self.bad("malformed pickle (no MARK)")
+
+    def tuple_of(self, items: list) -> _Tuple:
+        if any(x is _MARK or isinstance(x, _Dict) for x in items):
+            raise self.bad("malformed pickle (MARK or dict inside a tuple)")
+        t = _Tuple(tuple(items))
+        if t.depth > MAX_DEPTH:
+            raise self.bad(f"nesting deeper than {MAX_DEPTH}")
+        return t
+
+    def memo_put(self, index: int) -> None:
+        if index >= MAX_MEMO or (index not in self.memo and len(self.memo) >= MAX_MEMO):
+            raise self.bad(f"memo index beyond {MAX_MEMO}")
+        self.memo[index] = self.top()
+
+    # --- the loop -----------------------------------------------------------------------------
+    def run(self) -> object:
+        if self.n < 2 or bytes(self.buf[:2]) != b"\x80\x04":
+            from grokfetch.errors import CheckpointError
+            raise CheckpointError(self.path, "not a protocol-4 pickle", expected="b'\\x80\\x04'",
+                                  actual=repr(bytes(self.buf[:2])))
+        for _ in range(MAX_OPS):
+            self.op_start = self.pos
+            op = self.take(1)[0]
+            if op == 0x2E:  # STOP
+                if len(self.stack) != 1:
+                    raise self.bad("malformed pickle (stack not empty at STOP)")
+                if self.pos != self.n:
+                    raise self.bad(f"{self.n - self.pos} bytes after the end of the pickle")
+                return self.stack[0]
+            self.step(op)
+        raise self.bad(f"more than {MAX_OPS} opcodes")
+
+    def step(self, op: int) -> None:  # noqa: C901 - one branch per allowed opcode
+        if op == 0x80:  # PROTO
+            if self.take(1)[0] != 4:
+                raise self.bad("protocol other than 4")
+        elif op == 0x95:  # FRAME: the frame length is only a hint
+            self.take(8)
+        elif op == 0x8C:  # SHORT_BINUNICODE
+            self.push(self.string(self.take(1)[0]))
+        elif op == 0x58:  # BINUNICODE
+            self.push(self.string(self.u("<I")))
+        elif op == 0x43:  # SHORT_BINBYTES
+            self.push(self.payload(self.take(1)[0]))
+        elif op == 0x42:  # BINBYTES
+            self.push(self.payload(self.u("<I")))
+        elif op == 0x8E:  # BINBYTES8
+            self.push(self.payload(self.u("<Q")))
+        elif op == 0x4B:  # BININT1
+            self.push(self.take(1)[0])
+        elif op == 0x4D:  # BININT2
+            self.push(self.u("<H"))
+        elif op == 0x4A:  # BININT
+            self.push(self.u("<i"))
+        elif op == 0x8A:  # LONG1
+            size = self.take(1)[0]
+            if size > MAX_INT_BYTES:
+                raise self.bad(f"integer of {size} bytes (at most {MAX_INT_BYTES})")
+            self.push(int.from_bytes(self.take(size), "little", signed=True))
+        elif op in _SIMPLE:
+            self.push(_SIMPLE[op])
+        elif op == 0x94:  # MEMOIZE
+            self.memo_put(len(self.memo))
+        elif op == 0x71:  # BINPUT
+            self.memo_put(self.take(1)[0])
+        elif op == 0x72:  # LONG_BINPUT
+            self.memo_put(self.u("<I"))
+        elif op in (0x68, 0x6A):  # BINGET, LONG_BINGET
+            index = self.take(1)[0] if op == 0x68 else self.u("<I")
+            if index not in self.memo:
+                raise self.bad("malformed pickle (memo slot unset)")
+            self.push(self.memo[index])
+        elif op == 0x28:  # MARK
+            self.push(_MARK)
+        elif op == 0x29:  # EMPTY_TUPLE
+            self.push(_Tuple(()))
+        elif op in (0x85, 0x86, 0x87):  # TUPLE1..3
+            k = op - 0x84
+            if len(self.stack) < k:
+                raise self.bad("malformed pickle (stack underflow)")
+            items = self.stack[-k:]
+            del self.stack[-k:]
+            self.push(self.tuple_of(items))
+        elif op == 0x74:  # TUPLE
+            self.push(self.tuple_of(self.pop_mark()))
+        elif op == 0x7D:  # EMPTY_DICT
+            self.push(_Dict())
+        elif op == 0x75:  # SETITEMS
+            self.setitems()
+        elif op == 0x93:  # STACK_GLOBAL
+            name, module = self.pop(), self.pop()
+            if not (isinstance(module, str) and isinstance(name, str)):
+                raise self.unsafe("STACK_GLOBAL of a non-string")
+            if (module, name) not in ALLOWED_GLOBALS:
+                raise self.unsafe(f"global {_text(module)}.{_text(name)}")
+            self.push(_Global(ALLOWED_GLOBALS[(module, name)]))
+        elif op == 0x52:  # REDUCE: only allow-listed callables, evaluated symbolically
+            args, func = self.pop(), self.pop()
+            if not (isinstance(func, _Global) and func.kind in ("reconstruct", "dtype")
+                    and isinstance(args, _Tuple)):
+                raise self.unsafe("REDUCE of a non-allowed callable")
+            self.push(_Call(func, args))
+        elif op == 0x81:  # NEWOBJ
+            args, cls = self.pop(), self.pop()
+            if not (isinstance(cls, _Global) and cls.kind == "qw8" and isinstance(args, _Tuple)
+                    and not args.items):
+                raise self.unsafe("NEWOBJ of a non-allowed class")
+            self.push(_Call(cls, args))
+        elif op == 0x62:  # BUILD
+            state, obj = self.pop(), self.top()
+            if not isinstance(obj, _Call) or obj.state is not None:
+                raise self.unsafe("BUILD on a non-allowed object")
+            if state is obj or _depth(state) > MAX_DEPTH:
+                raise self.bad("malformed pickle (BUILD state)")
+            obj.state = state
+        else:
+            raise self.unsafe(f"opcode {_NAMES.get(op, f'0x{op:02x}')}")
+
+    def setitems(self) -> None:
+        items = self.pop_mark()
+        target = self.top()
+        if not isinstance(target, _Dict) or len(items) % 2 or len(target.items) + len(items) > 8:
+            raise self.bad("malformed pickle (SETITEMS)")
+        for k, v in zip(items[::2], items[1::2], strict=True):
+            if not isinstance(k, str) or isinstance(v, (_Dict, _Mark)):
+                raise self.bad("malformed pickle (SETITEMS key or value)")
+            target.items[k] = v
 
 
 def scan(buf, path: str) -> TensorRef:
     """Safely decode a tensor file held in ``buf`` (bytes, mmap or memoryview).
 
+    Work and memory are bounded by the header (see the module docstring), never by the payload.
+
     Raises:
-        UnsafePickleError: a global or opcode outside the allow-list (nothing is executed).
-        CheckpointError: a truncated or malformed file.
+        UnsafePickleError: an opcode, global or object outside the allow-list (nothing is
+            executed).
+        CheckpointError: a truncated, malformed or out-of-bounds file.
     """
-    from grokfetch.errors import CheckpointError, UnsafePickleError
-
-    if len(buf) < 2 or bytes(buf[:2]) != b"\x80\x04":
-        raise CheckpointError(path, "not a protocol-4 pickle", expected="b'\\x80\\x04'",
-                              actual=repr(bytes(buf[:2])))
-    stack: list = []
-    memo: dict[int, object] = {}
-
-    def pop_mark() -> list:
-        for i in range(len(stack) - 1, -1, -1):
-            if stack[i] is _MARK:
-                items = stack[i + 1:]
-                del stack[i:]
-                return items
-        raise CheckpointError(path, "malformed pickle (no MARK)")
-
-    def pop() -> object:
-        if not stack:
-            raise CheckpointError(path, "malformed pickle (stack underflow)")
-        return stack.pop()
-
-    for pos, op, arg in _iter_ops(buf, path):
-        if op in (0x80, 0x95):
-            continue
-        if op in (0x8C, 0x58, 0x4B, 0x4D, 0x4A, 0x8A) or isinstance(arg, _Payload):
-            stack.append(arg)
-        elif op in _SIMPLE:
-            stack.append(_SIMPLE[op])
-        elif op == 0x94:  # MEMOIZE
-            memo[len(memo)] = stack[-1] if stack else None
-        elif op in (0x71, 0x72):
-            memo[arg] = stack[-1] if stack else None  # type: ignore[index]
-        elif op in (0x68, 0x6A):
-            if arg not in memo:
-                raise CheckpointError(path, f"malformed pickle (memo {arg} unset)")
-            stack.append(memo[arg])  # type: ignore[index]
-        elif op == 0x28:  # MARK
-            stack.append(_MARK)
-        elif op == 0x29:  # EMPTY_TUPLE
-            stack.append(())
-        elif op in (0x85, 0x86, 0x87):  # TUPLE1..3
-            k = op - 0x84
-            if len(stack) < k:
-                raise CheckpointError(path, "malformed pickle (stack underflow)")
-            items = tuple(stack[-k:])
-            del stack[-k:]
-            stack.append(items)
-        elif op == 0x74:  # TUPLE
-            stack.append(tuple(pop_mark()))
-        elif op == 0x7D:  # EMPTY_DICT
-            stack.append({})
-        elif op == 0x75:  # SETITEMS
-            items = pop_mark()
-            target = stack[-1] if stack else None
-            if not isinstance(target, dict) or len(items) % 2:
-                raise CheckpointError(path, "malformed pickle (SETITEMS)")
-            for k, v in zip(items[::2], items[1::2], strict=True):
-                target[k] = v
-        elif op == 0x93:  # STACK_GLOBAL
-            name, module = pop(), pop()
-            key = (module, name)
-            if key not in ALLOWED_GLOBALS:
-                raise UnsafePickleError(path, f"global {module}.{name} at byte {pos}")
-            stack.append(_Global(ALLOWED_GLOBALS[key]))
-        elif op == 0x52:  # REDUCE: only allow-listed callables, evaluated symbolically
-            args, func = pop(), pop()
-            if not isinstance(func, _Global) or func.kind not in ("reconstruct", "dtype") \
-                    or not isinstance(args, tuple):
-                raise UnsafePickleError(path, f"REDUCE of a non-allowed callable at byte {pos}")
-            stack.append(_Call(func, args))
-        elif op == 0x81:  # NEWOBJ
-            args, cls = pop(), pop()
-            if not isinstance(cls, _Global) or cls.kind != "qw8" or args != ():
-                raise UnsafePickleError(path, f"NEWOBJ of a non-allowed class at byte {pos}")
-            stack.append(_Call(cls, ()))
-        elif op == 0x62:  # BUILD
-            state, obj = pop(), (stack[-1] if stack else None)
-            if not isinstance(obj, _Call) or obj.state is not None:
-                raise UnsafePickleError(path, f"BUILD on a non-allowed object at byte {pos}")
-            obj.state = state
-        elif op == 0x2E:  # STOP
-            if len(stack) != 1:
-                raise CheckpointError(path, "malformed pickle (stack not empty at STOP)")
-            return _interpret(stack[0], path)
-        else:
-            name = _NAMES.get(op, f"0x{op:02x}")
-            raise UnsafePickleError(path, f"opcode {name} at byte {pos}")
-    raise CheckpointError(path, "truncated pickle (no STOP)")  # pragma: no cover
+    return _interpret(_Scanner(buf, path).run(), path)
 
 
 def _interpret(obj: object, path: str) -> TensorRef:
@@ -238,49 +355,62 @@ def _interpret(obj: object, path: str) -> TensorRef:
 
     if isinstance(obj, _Call) and obj.func.kind == "qw8":
         state = obj.state
-        if not isinstance(state, dict) or set(state) != {"weight", "scales"}:
+        if not isinstance(state, _Dict) or set(state.items) != {"weight", "scales"}:
             raise CheckpointError(path, "QuantizedWeight8bit without weight and scales")
-        return QW8Ref(_array(state["weight"], path), _array(state["scales"], path))
+        return QW8Ref(_array(state.items["weight"], path), _array(state.items["scales"], path))
     return _array(obj, path)
+
+
+def _shape(obj: object, path: str) -> tuple[int, ...]:
+    """The shape tuple, refused before any arithmetic when it is absurd."""
+    from grokfetch.errors import CheckpointError
+
+    if not isinstance(obj, _Tuple) or len(obj.items) > MAX_NDIM:
+        raise CheckpointError(path, f"array shape is not a tuple of at most {MAX_NDIM} sizes")
+    dims = obj.items
+    if not all(type(d) is int and 0 <= d < MAX_DIM for d in dims):
+        raise CheckpointError(path, "array shape holds a size that is not an integer in [0, 2**40)")
+    return dims
 
 
 def _array(obj: object, path: str) -> ArrayRef:
     from grokfetch.errors import CheckpointError
 
     bad = CheckpointError(path, "not a numpy array reconstruction")
-    if not (isinstance(obj, _Call) and obj.func.kind == "reconstruct" and len(obj.args) == 3):
+    if not (isinstance(obj, _Call) and obj.func.kind == "reconstruct" and len(obj.args.items) == 3):
         raise bad
-    cls, _, _ = obj.args
-    if not (isinstance(cls, _Global) and cls.kind == "ndarray") or not isinstance(obj.state, tuple):
+    cls = obj.args.items[0]
+    if not (isinstance(cls, _Global) and cls.kind == "ndarray") or not isinstance(obj.state, _Tuple):
         raise bad
-    if len(obj.state) != 5:
+    if len(obj.state.items) != 5:
         raise bad
-    _, shape, dtype, fortran, data = obj.state
-    if not (isinstance(shape, tuple) and all(isinstance(d, int) and d >= 0 for d in shape)):
-        raise bad
+    _, shape_obj, dtype, fortran, data = obj.state.items
+    shape = _shape(shape_obj, path)
     if fortran is not False:
         raise CheckpointError(path, "Fortran-ordered array")
-    if not (isinstance(dtype, _Call) and dtype.func.kind == "dtype" and dtype.args):
+    if not (isinstance(dtype, _Call) and dtype.func.kind == "dtype" and dtype.args.items):
         raise bad
-    spec = dtype.args[0]
+    spec = dtype.args.items[0]
     if isinstance(spec, _Global) and spec.kind == "bfloat16":
         name = "bfloat16"
     elif isinstance(spec, str) and spec in _DTYPE_CODES:
         name = _DTYPE_CODES[spec]
     else:
         raise CheckpointError(path, "unsupported dtype", expected="float32, int8 or bfloat16",
-                              actual=spec if isinstance(spec, str) else "other")
-    order = dtype.state[1] if isinstance(dtype.state, tuple) and len(dtype.state) > 1 else None
+                              actual=_text(spec) if isinstance(spec, str) else "other")
+    dstate = dtype.state
+    order = dstate.items[1] if isinstance(dstate, _Tuple) and len(dstate.items) > 1 else None
     if order == ">":
         raise CheckpointError(path, "big-endian array")
-    if isinstance(data, _Payload):
-        offset, nbytes = data.offset, data.nbytes
-    else:
+    if not isinstance(data, _Payload):
         raise CheckpointError(path, "array data is not a raw byte payload")
     expected = DTYPES[name][3]
     for d in shape:
         expected *= d
-    if nbytes != expected:
+        if expected > data.nbytes:
+            break
+    if data.nbytes != expected:
         raise CheckpointError(path, "payload size does not match the array shape",
-                              expected=expected, actual=nbytes)
-    return ArrayRef(tuple(shape), name, offset, nbytes)
+                              expected=f"{expected} bytes" if expected <= data.nbytes
+                              else f"more than {data.nbytes} bytes", actual=f"{data.nbytes} bytes")
+    return ArrayRef(tuple(shape), name, data.offset, data.nbytes)

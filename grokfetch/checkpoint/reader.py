@@ -20,6 +20,7 @@ import numpy as np
 
 from grokfetch.checkpoint.pickle_format import ArrayRef, QW8Ref, TensorRef, scan
 from grokfetch.errors import CheckpointError, NotFoundError
+from grokfetch.fsutil import has_holes
 from grokfetch.spec import TENSOR_DIR, ModelConfig, TensorSpec, TensorTable, load_config
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -81,6 +82,10 @@ class TensorFile:
             raise CheckpointError(path, "empty tensor file", expected=f"{spec.file_bytes} bytes",
                                   actual="0 bytes")
         with open(path, "rb") as f:
+            if has_holes(f.fileno(), 0, size):
+                raise CheckpointError(path, "has unwritten (sparse) ranges: its download did not "
+                                      "finish", hint="run `grokfetch download` again to complete "
+                                      "it (`grokfetch verify` lists what is missing)")
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         try:
             self.ref: TensorRef = scan(self._map, str(path))
@@ -174,6 +179,17 @@ class TensorFile:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def scales_problem(scales: np.ndarray) -> str | None:
+    """A short sentence when bf16 scales hold values no real checkpoint has (non-finite or
+    zero: a zero scale silently zeroes its weights), else None."""
+    s = np.asarray(scales, dtype=np.float32)
+    bad = int((~np.isfinite(s)).sum())
+    if bad:
+        return f"{bad} non-finite scales"
+    zero = int((s == 0).sum())
+    return f"{zero} zero scales" if zero else None
 
 
 @dataclass

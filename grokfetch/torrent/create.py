@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from grokfetch.errors import NotFoundError, OutputExistsError, UsageError
-from grokfetch.fsutil import PARTIAL_SUFFIX, write_atomic
+from grokfetch.fsutil import PARTIAL_SUFFIX, folder_lock, write_atomic
 from grokfetch.progress import NULL_PROGRESS, Progress
 
 CREATOR = "grokfetch"
@@ -99,7 +99,8 @@ def create_torrent(folder: Path | str, out: Path | str, *, piece_size: int | Non
                             progress=progress)
     if out.parent and not out.parent.is_dir():
         raise NotFoundError(out.parent, "output folder")
-    write_atomic(out, data)
+    with folder_lock(out.parent, "create a torrent"):
+        write_atomic(out, data)
     ti = lt.torrent_info(data)
     return CreatedTorrent(out, str(ti.info_hashes().v1), ti.name(), ti.num_files(),
                           ti.total_size(), ti.piece_length(), ti.num_pieces(),

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from grokfetch.errors import DownloadFailed, InsufficientSpaceError, Interrupted, UsageError
-from grokfetch.fsutil import free_bytes, write_atomic
+from grokfetch.fsutil import free_bytes, refuse_symlink_entries, write_atomic
 from grokfetch.progress import NULL_PROGRESS, Progress
 from grokfetch.spec import TensorTable, load_config, parse_layers
 from grokfetch.torrent import selection
@@ -81,6 +81,7 @@ class _Job:
         """Selection + preflight for known metadata; returns the file priorities."""
         paths = file_paths(ti)
         check_paths(self.dest, paths)
+        refuse_symlink_entries(ti, self.dest)
         table = self.table(ti)
         if table is not None:
             check_table(table, paths)

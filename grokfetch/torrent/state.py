@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from grokfetch.errors import UsageError
-from grokfetch.fsutil import write_atomic
+from grokfetch.fsutil import real_subdir, write_atomic
 from grokfetch.torrent.source import STATE_DIR
 
 
@@ -64,6 +64,7 @@ class StateFiles:
         Raises:
             UsageError: DIR cannot be created or written (exit code 2).
         """
+        real_subdir(self.dest, STATE_DIR)  # a planted link leading outside is refused
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             probe = self.dir / f".probe-{os.getpid()}"
