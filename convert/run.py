@@ -49,6 +49,7 @@ class ConvertReport:
     manifest: str | None
     checked_by: dict[str, int] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+    already_complete: bool = False  # an earlier run had finished this output: nothing was done
 
     @property
     def mb_per_s(self) -> float:
@@ -177,6 +178,38 @@ def _prepare_out(out: Path, target: Target, files: list[OutputFile], fingerprint
     return ConvertState(out, fingerprint), False, False
 
 
+def _finished_output(out: Path, files: list[OutputFile]) -> Path | None:
+    """The manifest of a finished output of exactly this plan, else None.
+
+    Finished: no resume state, a manifest naming exactly the planned files (plus config and
+    tokenizer), each planned file of its planned size and starting with its planned header.
+    A cheap check (no re-hashing); ``grokfetch verify OUT`` checks every byte.
+    """
+    manifest = out / MANIFEST_NAME
+    if not manifest.is_file() or (out / STATE_FILENAME).exists():
+        return None
+    try:
+        listed = {e["path"] for e in json.loads(manifest.read_text())["files"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    planned = {f.relpath for f in files if f.kind == "file"}
+    if not planned <= listed or not {CONFIG_FILENAME, TOKENIZER_FILENAME} <= listed:
+        return None
+    for f in files:
+        p = safe_join(out, f.relpath)
+        if f.kind == "dir":
+            if not p.is_dir():
+                return None
+            continue
+        header = f.meta.get("header", b"")
+        if not p.is_file() or p.stat().st_size != f.nbytes:
+            return None
+        with open(p, "rb") as fh:
+            if fh.read(len(header)) != header:
+                return None
+    return manifest
+
+
 def convert(ckpt_dir: Path | str, out: Path | str, options: ConvertOptions, *,
             preset: str | None = None, progress: Progress = NULL_PROGRESS) -> ConvertReport:
     """Convert the checkpoint in ``ckpt_dir`` into ``out`` as ``options.target``.
@@ -201,13 +234,23 @@ def convert(ckpt_dir: Path | str, out: Path | str, options: ConvertOptions, *,
     for f in files:  # nothing planned may leave OUT (names can come from model-config.json)
         check_relpath(f.relpath, out)
     fingerprint = {"target": target.fingerprint(), "files": [f.fingerprint() for f in files]}
+    done = None if options.force else _finished_output(out, files)
+    if done is not None:
+        return ConvertReport(
+            target=options.target, out=str(out),
+            files=[{"path": f.relpath, "bytes": f.nbytes, "tensors": len(f.items)} for f in files],
+            bytes_in=0, bytes_out=sum(f.nbytes for f in files), seconds=time.monotonic() - t0,
+            peak_rss_bytes=peak_rss_bytes(), resumed=False,
+            layers=list(options.layers) if options.layers is not None else None,
+            experts=list(options.experts) if options.experts is not None else None,
+            manifest=str(done), details=target.summary(), already_complete=True)
     state, resumed, created = _prepare_out(out, target, files, fingerprint, options.force)
 
     todo = [f for f in files
             if not (state.is_complete(f.relpath) and safe_join(out, f.relpath).exists())]
     have = sum(state.files.get(f.relpath, {}).get("offset", 0) for f in todo)
     needed = sum(f.nbytes for f in todo) - have + tokenizer.stat().st_size + (1 << 20)
-    check_free_space(out if out.exists() else out.parent, needed, force=options.force)
+    check_free_space(out if out.exists() else out.parent, needed, force=not options.space_check)
 
     out.mkdir(parents=True, exist_ok=True)
     state.save()

@@ -89,7 +89,7 @@ class InsufficientSpaceError(GrokfetchError):
         super().__init__(
             f"not enough free space in {path}: need {human_bytes(needed)} ({needed:,} bytes), "
             f"{human_bytes(free)} ({free:,} bytes) free",
-            hint=hint or "free some space or choose another folder (--force skips this check)")
+            hint=hint or "free some space or choose another folder (--no-space-check skips this check)")
 
 
 class CheckFailed(GrokfetchError):

@@ -17,7 +17,7 @@ def test_demo_runs_every_step(tmp_path):
                            "--keep", "--json"], capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert report["passed"] is True
+    assert report["ok"] is True
     steps = {s["step"]: s for s in report["steps"]}
     assert len(steps) == 11 and all(s["ok"] for s in steps.values())
     assert "0 hash failures" in steps["download (magnet)"]["detail"]
