@@ -37,6 +37,10 @@ def register(app: typer.Typer) -> None:
         from grokfetch.smoke.mesh import setup_jax
 
         out = Output("demo", json_mode=json_, quiet=quiet, verbose=verbose)
+        if preset not in ("mini", "tiny"):
+            from grokfetch.errors import UsageError
+
+            raise UsageError(f"--preset must be mini or tiny, not {preset!r}")
         setup_jax("cpu", 8)  # before anything imports jax: 8 simulated devices
         from grokfetch.demo import run_demo
 
