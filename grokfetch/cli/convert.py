@@ -41,8 +41,7 @@ def register(app: typer.Typer) -> None:
         ckpt_dir: Annotated[Optional[Path], typer.Argument(
             help="Checkpoint folder (holding ckpt-0/), ckpt-0 itself, or the download folder "
                  "(optional with --dry-run).", show_default=False)] = None,
-        to: Annotated[str, typer.Option("--to", help="Output format: gguf, safetensors or jax.",
-                                        show_default=False)] = "",
+        to: Annotated[str, typer.Option("--to", help="Output format: gguf, safetensors or jax.")] = ...,
         out: Annotated[Optional[Path], typer.Option(
             "--out", "-o", help="Output folder (created; refused if it exists, unless --force or "
                                 "resuming; a finished one is left as it is).")] = None,
@@ -100,8 +99,6 @@ def register(app: typer.Typer) -> None:
         from grokfetch.errors import Interrupted, UsageError
 
         output = Output("convert", json_mode=json_, quiet=quiet, verbose=verbose)
-        if not to:
-            raise UsageError("missing option --to (gguf, safetensors or jax)")
         if ckpt_dir is None and not dry_run:
             raise UsageError("missing argument CKPT_DIR (only --dry-run works without one)")
         if out is None and not dry_run:

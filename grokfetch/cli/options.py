@@ -62,6 +62,15 @@ def conventional_metavars(command: Any) -> None:
     """
     for sub in getattr(command, "commands", {}).values():
         conventional_metavars(sub)
+    make_help = command.get_help_option
+
+    def help_option(ctx: Any) -> Any:  # click makes --help per context: a flag, no metavar
+        option = make_help(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    command.get_help_option = help_option
     for param in command.params:
         if param.param_type_name == "argument":
             name = (param.metavar or param.name).upper()
