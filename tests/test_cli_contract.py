@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -163,3 +164,11 @@ def test_convert_rerun_is_already_complete(run_cli, tiny_ckpt, tmp_path):
         f.truncate(gguf.stat().st_size - 1)
     code, _, err = run_cli(args)
     assert code == 2 and "already exists" in err
+
+
+def test_shell_completion_completes_commands():
+    env = {**os.environ, "_GROKFETCH_COMPLETE": "complete_bash", "COMP_WORDS": "grokfetch conv",
+           "COMP_CWORD": "1"}
+    proc = subprocess.run([sys.executable, "-m", "grokfetch"], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.split() == ["convert"], proc
