@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import REAL_TOKENIZER
 
 from grokfetch.torrent.create import create_torrent
 from grokfetch.torrent.seed import Seeder
@@ -37,10 +38,11 @@ def _gguf_sizes_in_docs() -> dict[str, float]:
 
 
 @pytest.mark.parametrize("choice,size_gb", sorted(_gguf_sizes_in_docs().items()))
-def test_gguf_dry_run_matches_the_formats_table(run_cli, choice, size_gb, real_tokenizer):
+def test_gguf_dry_run_matches_the_formats_table(run_cli, choice, size_gb):
     flag, value = choice.split()
-    plan = _plan(run_cli, ["convert", "--preset", "grok-1", "--to", "gguf", flag, value,
-                           "--tokenizer", real_tokenizer])
+    # with the release's tokenizer the header is exact; without, about 1 MB short (same rounding)
+    tok = ["--tokenizer", REAL_TOKENIZER] if REAL_TOKENIZER.is_file() else []
+    plan = _plan(run_cli, ["convert", "--preset", "grok-1", "--to", "gguf", flag, value, *tok])
     assert round(plan["output_bytes"] / 1e9, 1) == size_gb
     assert plan["input_bytes"] == 318_239_694_848
     assert plan["peak_ram_bytes"] < 2**30  # the docs' bound: under 1 GiB with up to 4 workers

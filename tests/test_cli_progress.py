@@ -95,3 +95,11 @@ def test_download_to_a_log_file_leaves_progress_lines(tiny_ckpt, tmp_path):
     lines = _lines_with_progress(log.read_text())
     assert any("downloading grok-tiny: started" in ln for ln in lines), lines
     assert "done" in lines[-1] and "(100.0%)" in lines[-1]
+
+
+def test_verbose_prints_events_and_quiet_prints_nothing(run_cli, tiny_ckpt, tmp_path):
+    args = ["convert", tiny_ckpt, "--to", "gguf", "--bits", "8", "--layers", "0"]
+    code, out, err = run_cli([*args, "--out", tmp_path / "v", "-v"])
+    assert code == 0 and "file: path=tiny-Q8_0.gguf" in err and "started" in err
+    code, out, err = run_cli([*args, "--out", tmp_path / "q", "-q"])
+    assert code == 0 and out == "" and err == ""
