@@ -19,7 +19,8 @@ DryRunOpt = Annotated[bool, typer.Option(
     "--dry-run", help="Print what the run needs (bytes, disk, memory, time) from the tensor "
                       "table alone, and exit; no data needed.")]
 JobsOpt = Annotated[Optional[int], typer.Option(
-    "--jobs", "-j", help="Parallel jobs (default: the number of cores).", show_default=False)]
+    "--jobs", "-j", help="Parallel jobs (threads); default: see the command's docs.",
+    show_default=False)]
 LayersOpt = Annotated[Optional[str], typer.Option(
     "--layers", help="Only these layers: a list or ranges, e.g. 0-3 or 0,5 (default: all).")]
 PresetOpt = Annotated[

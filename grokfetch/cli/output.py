@@ -107,9 +107,12 @@ class Output:
             self.err.print(f"[yellow]warning:[/yellow] {message}")
 
     def error(self, message: str, hint: str | None = None) -> None:
-        self.err.print(f"[bold red]error:[/bold red] {message}", markup=True, soft_wrap=True)
+        """One ``error:`` line (and a ``hint:`` line) on stderr; the texts are not markup."""
+        from rich.markup import escape
+
+        self.err.print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True)
         if hint:
-            self.err.print(f"[dim]hint: {hint}[/dim]", soft_wrap=True)
+            self.err.print(f"[dim]hint: {escape(hint)}[/dim]", soft_wrap=True)
 
     @contextlib.contextmanager
     def progress(self) -> Iterator[Progress]:
