@@ -14,6 +14,8 @@ class GrokfetchError(Exception):
 
     exit_code = 1
     hint: str | None = None
+    #: What the failed command had found (its ``--json`` result keys), set by the CLI.
+    result: dict | None = None
 
     def __init__(self, message: str, *, hint: str | None = None):
         super().__init__(message)

@@ -27,6 +27,7 @@ from rich.progress import (
 from rich.progress import Progress as RichBar
 from rich.table import Column
 
+from grokfetch.errors import GrokfetchError
 from grokfetch.progress import NULL_PROGRESS, LineProgress, Progress
 
 #: Version of the ``--json`` result schema (docs/json.md); bumped on incompatible changes.
@@ -89,13 +90,13 @@ class Output:
         elif human is not None and not self.quiet:
             human(self.console)
 
-    def failed(self, exc: Exception, data: dict[str, Any],
-               human: Callable[[Console], None] | None = None) -> Exception:
+    def failed(self, exc: GrokfetchError, data: dict[str, Any],
+               human: Callable[[Console], None] | None = None) -> GrokfetchError:
         """A command that ran but failed: show ``human`` now, attach ``data`` to ``exc`` for the
         JSON result that :func:`grokfetch.cli.main` prints, and return ``exc`` to raise."""
         if not self.json_mode and human is not None and not self.quiet:
             human(self.console)
-        exc.result = data  # type: ignore[attr-defined]
+        exc.result = data
         return exc
 
     def info(self, message: str) -> None:
