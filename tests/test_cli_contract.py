@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -132,14 +133,22 @@ def test_exit_code_of_error_classes():
     assert exit_code_of(KeyboardInterrupt()) == 130
 
 
-def test_fixture_grok1_is_disk_checked(run_cli, tmp_path):
+def test_fixture_grok1_is_disk_checked(tmp_path):
     from grokfetch.fsutil import free_bytes
     from grokfetch.spec import GROK_1, TensorTable
 
     if free_bytes(tmp_path) >= TensorTable(GROK_1).file_bytes:
         pytest.skip("this disk could hold Grok-1")
-    code, _, err = run_cli(["fixture", tmp_path / "g", "--preset", "grok-1"])
-    assert code == 1 and "not enough free space" in err and "--no-space-check" in err
+    # in a child that may not write a file over 64 MiB: were the check gone, the 318 GB write
+    # would die at its first tensor file instead of filling the disk
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 20, 64 << 20))
+
+    proc = subprocess.run([sys.executable, "-m", "grokfetch", "fixture", str(tmp_path / "g"),
+                           "--preset", "grok-1"], capture_output=True, text=True, timeout=300,
+                          preexec_fn=small_files)
+    err = proc.stderr
+    assert proc.returncode == 1 and "not enough free space" in err and "--no-space-check" in err
     assert not (tmp_path / "g").exists()
 
 
