@@ -106,7 +106,8 @@ class ConvertOptions:
     layers: tuple[int, ...] | str | None = None
     experts: tuple[int, ...] | str | None = None
     workers: int = 1
-    force: bool = False
+    force: bool = False  # replace an existing output
+    space_check: bool = True  # refuse to start without the free disk space for the output
     tokenizer: Path | None = None
     wait: bool = False
     wait_timeout: float | None = None

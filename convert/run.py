@@ -59,6 +59,7 @@ class ConvertReport:
     manifest: str | None
     checked_by: dict[str, int] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+    already_complete: bool = False  # an earlier run had finished this output: nothing was done
 
     @property
     def mb_per_s(self) -> float:
@@ -198,6 +199,38 @@ def _remove_if_empty(out: Path) -> None:
             shutil.rmtree(out)
 
 
+def _finished_output(out: Path, files: list[OutputFile]) -> Path | None:
+    """The manifest of a finished output of exactly this plan, else None.
+
+    Finished: no resume state, a manifest naming exactly the planned files (plus config and
+    tokenizer), each planned file of its planned size and starting with its planned header.
+    A cheap check (no re-hashing); ``grokfetch verify OUT`` checks every byte.
+    """
+    manifest = out / MANIFEST_NAME
+    if not manifest.is_file() or (out / STATE_FILENAME).exists():
+        return None
+    try:
+        listed = {e["path"] for e in json.loads(manifest.read_text())["files"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    planned = {f.relpath for f in files if f.kind == "file"}
+    if not planned <= listed or not {CONFIG_FILENAME, TOKENIZER_FILENAME} <= listed:
+        return None
+    for f in files:
+        p = safe_join(out, f.relpath)
+        if f.kind == "dir":
+            if not p.is_dir():
+                return None
+            continue
+        header = f.meta.get("header", b"")
+        if not p.is_file() or p.stat().st_size != f.nbytes:
+            return None
+        with open(p, "rb") as fh:
+            if fh.read(len(header)) != header:
+                return None
+    return manifest
+
+
 def convert(ckpt_dir: Path | str, out: Path | str, options: ConvertOptions, *,
             preset: str | None = None, progress: Progress = NULL_PROGRESS) -> ConvertReport:
     """Convert the checkpoint in ``ckpt_dir`` into ``out`` as ``options.target``.
@@ -223,6 +256,16 @@ def convert(ckpt_dir: Path | str, out: Path | str, options: ConvertOptions, *,
         check_relpath(f.relpath, out)
     fingerprint = {"target": target.fingerprint(), "files": [f.fingerprint() for f in files]}
     _refuse_overlap(ckpt, out, tokenizer)
+    done = None if options.force else _finished_output(out, files)
+    if done is not None:
+        return ConvertReport(
+            target=options.target, out=str(out),
+            files=[{"path": f.relpath, "bytes": f.nbytes, "tensors": len(f.items)} for f in files],
+            bytes_in=0, bytes_out=sum(f.nbytes for f in files), seconds=time.monotonic() - t0,
+            peak_rss_bytes=peak_rss_bytes(), resumed=False,
+            layers=list(options.layers) if options.layers is not None else None,
+            experts=list(options.experts) if options.experts is not None else None,
+            manifest=str(done), details=target.summary(), already_complete=True)
     source = SourceProvider(ckpt, options.experts, wait=options.wait,
                             wait_timeout=options.wait_timeout, progress=progress)
     if not source.hashes_pieces:
@@ -245,7 +288,7 @@ def convert(ckpt_dir: Path | str, out: Path | str, options: ConvertOptions, *,
                 if not (state.is_complete(f.relpath) and safe_join(out, f.relpath).exists())]
         have = sum(state.files.get(f.relpath, {}).get("offset", 0) for f in todo)
         needed = sum(f.nbytes for f in todo) - have + tokenizer.stat().st_size + (1 << 20)
-        check_free_space(out, needed, force=options.force)
+        check_free_space(out, needed, force=not options.space_check)
         state.save()
         prog = _TotalProgress(progress)
         total_in = sum(i.in_bytes for f in files for i in f.items)

@@ -14,6 +14,8 @@ class GrokfetchError(Exception):
 
     exit_code = 1
     hint: str | None = None
+    #: What the failed command had found (its ``--json`` result keys), set by the CLI.
+    result: dict | None = None
 
     def __init__(self, message: str, *, hint: str | None = None):
         super().__init__(message)
@@ -117,7 +119,7 @@ class InsufficientSpaceError(GrokfetchError):
         super().__init__(
             f"not enough free space in {path}: need {human_bytes(needed)} ({needed:,} bytes), "
             f"{human_bytes(free)} ({free:,} bytes) free",
-            hint=hint or "free some space or choose another folder (--force skips this check)")
+            hint=hint or "free some space or choose another folder (--no-space-check skips this check)")
 
 
 class DiskFullError(GrokfetchError):

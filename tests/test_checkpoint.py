@@ -222,7 +222,7 @@ def test_hostile_pickle_through_cli(tmp_path, tiny_ckpt, run_cli):
     code, out, err = run_cli(["inspect", ck_dir, "--json"])
     assert code == 1
     import json
-    rows = {r["file"]: r for r in json.loads(out)}
+    rows = {r["file"]: r for r in json.loads(out)["tensors"]}
     assert rows["tensor00005_000"]["status"] in ("size", "format")
     assert not marker.exists()
     ck = open_checkpoint(ck_dir)

@@ -16,7 +16,7 @@ INSPECT_KEYS = {"index", "file", "path", "shape", "dtype", "quantized", "scales_
 def test_inspect_grok1_json(run_cli):
     code, out, err = run_cli(["inspect", "--preset", "grok-1", "--json"])
     assert code == 0, err
-    rows = json.loads(out)
+    rows = json.loads(out)["tensors"]
     assert len(rows) == 770
     assert INSPECT_KEYS <= set(rows[0])
     assert sum(r["payload_bytes"] for r in rows) == 318_239_694_848
@@ -38,7 +38,7 @@ def test_inspect_human_table(run_cli):
 def test_inspect_fixture_dir(run_cli, tiny_ckpt):
     code, out, err = run_cli(["inspect", tiny_ckpt, "--json"])
     assert code == 0, err
-    rows = json.loads(out)
+    rows = json.loads(out)["tensors"]
     assert len(rows) == 146 and {r["status"] for r in rows} == {"ok"}
 
 
@@ -50,7 +50,7 @@ def test_inspect_reports_missing(run_cli, tiny_ckpt, tmp_path):
     (ck / "ckpt-0" / "tensor00100_000").unlink()
     code, out, _ = run_cli(["inspect", ck, "--json"])
     assert code == 1
-    rows = {r["index"]: r for r in json.loads(out)}
+    rows = {r["index"]: r for r in json.loads(out)["tensors"]}
     assert rows[100]["status"] == "missing"
     assert sum(r["status"] != "ok" for r in rows.values()) == 1
 

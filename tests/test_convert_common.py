@@ -306,9 +306,9 @@ def test_driver_writes_config_tokenizer_manifest_last(tiny_ckpt, tmp_path):
     assert sorted(e["path"] for e in man["files"]) == sorted(n for n in names
                                                              if n != "grokfetch-manifest.json")
     assert rep.bytes_in == 2 * 4 * PRESETS["tiny"].emb_size and rep.layers == [2, 7]
-    # a rerun refuses the finished output; --force redoes it
-    with pytest.raises(OutputExistsError):
-        convert(tiny_ckpt, out, ConvertOptions(target="test-norms", layers="2,7"))
+    # a rerun finds the finished output complete and leaves it alone; --force redoes it
+    again = convert(tiny_ckpt, out, ConvertOptions(target="test-norms", layers="2,7"))
+    assert again.already_complete and again.bytes_in == 0
     (out / "norm-2.bin").write_bytes(b"tampered")
     convert(tiny_ckpt, out, ConvertOptions(target="test-norms", layers="2,7", force=True))
     assert (out / "norm-2.bin").stat().st_size == 4 * PRESETS["tiny"].emb_size

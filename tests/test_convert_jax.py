@@ -19,7 +19,7 @@ from grokfetch.convert.jaxstore import DATA_DIR, iter_params, make_mesh, restore
 from grokfetch.convert.run import convert
 
 from grokfetch.checkpoint.reader import open_checkpoint
-from grokfetch.errors import OutputExistsError, UsageError
+from grokfetch.errors import UsageError
 from grokfetch.progress import InterruptAfter
 from grokfetch.spec import PRESETS, TensorTable, load_config
 
@@ -194,8 +194,8 @@ def test_resume_after_interruption(tiny_ckpt, tmp_path, monkeypatch):
 
 
 def test_refusals(tiny_ckpt, jax_out, tmp_path):
-    with pytest.raises(OutputExistsError):
-        convert(tiny_ckpt, jax_out, ConvertOptions(target="jax"))
+    # a finished output is left as it is (a rerun is "already complete"), not overwritten
+    assert convert(tiny_ckpt, jax_out, ConvertOptions(target="jax")).already_complete
     with pytest.raises(UsageError):
         convert(tiny_ckpt, tmp_path / "bad", ConvertOptions(target="jax", mesh=(0, 8)))
     assert not (tmp_path / "bad").exists()

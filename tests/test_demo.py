@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 
 import pytest
+from json_contract import validate_output
 
 
 @pytest.mark.slow
@@ -16,8 +16,7 @@ def test_demo_runs_every_step(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "grokfetch", "demo", "--workdir", str(tmp_path / "w"),
                            "--keep", "--json"], capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert report["passed"] is True
+    report = validate_output(proc.stdout, "demo", ok=True)
     steps = {s["step"]: s for s in report["steps"]}
     assert len(steps) == 11 and all(s["ok"] for s in steps.values())
     assert "0 hash failures" in steps["download (magnet)"]["detail"]

@@ -406,7 +406,7 @@ def test_disk_full_preflight_then_midway_then_rerun_completes(small_fs, run_cli,
     # the figures' format is errors.InsufficientSpaceError's own
     assert code == 1 and f"not enough free space in {dest}" in err
     assert not (dest / tiny_ckpt.name).exists()
-    code, _, err = run_cli([*args, "--force"])
+    code, _, err = run_cli([*args, "--no-space-check"])
     assert code == 1 and "disk full" in err and "No space left" in err
     ballast.unlink()
     code, out, err = run_cli([*args, "--json"])

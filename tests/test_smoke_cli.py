@@ -56,7 +56,7 @@ def test_smoke_tiny_on_8_devices(run_cli, tiny_ckpt, tmp_path):
     code, out, err = run_cli(["smoke", tiny_ckpt, "--gpus", "8", *BASE, "--dump-logits", dump])
     assert code == 0, err
     r = last_json(out)
-    assert r["passed"] and r["devices"] == 8 and r["format"] == "pickle" and r["layers"] == 12
+    assert r["ok"] and r["devices"] == 8 and r["format"] == "pickle" and r["layers"] == 12
     names = {c["name"]: c["passed"] for c in r["checks"]}
     assert names == {"finite": True, "not_degenerate": True, "deterministic": True,
                      "kv_cache": True, "tokenizer": True}
@@ -88,7 +88,7 @@ def test_compare_negative_control(run_cli, tiny_ckpt, other_seed):
     assert code == 1 and "compare" in err
     r = last_json(out)
     # (The random fixture mostly echoes its input token, so KL stays small; exactness catches it.)
-    assert not r["passed"] and r["compare"]["lossless"] and r["compare"]["max_abs_diff"] > 0.1
+    assert not r["ok"] and r["compare"]["lossless"] and r["compare"]["max_abs_diff"] > 0.1
 
 
 @pytest.mark.slow

@@ -389,7 +389,7 @@ def test_two_processes_through_jax_distributed(tiny_ckpt, tmp_path, f32_engine):
     import json
 
     report = json.loads(outs[0][0].strip().splitlines()[-1])
-    assert report["devices"] == 4 and report["passed"]
+    assert report["devices"] == 4 and report["ok"]
     assert len(report["memory_per_device"]) == 2  # each process holds its 2 local devices
     assert math.isfinite(report["timings"]["decode_tokens_per_s"])
 

@@ -79,7 +79,7 @@ def test_clean_download_folder_and_top_folder(dl, run_cli):
         assert res["checks"] == ["structure", "torrent v1 SHA-1"]
         assert res["pieces_bad"] == 0 and res["pieces_total"] == lt.torrent_info(
             next((dl / ".grokfetch").glob("*.torrent")).read_bytes()).num_pieces()
-        assert res["root"].endswith("grok-tiny")
+        assert res["input"].endswith("grok-tiny")
 
 
 def test_one_flipped_byte_names_that_file_and_piece(dl, pristine, run_cli):

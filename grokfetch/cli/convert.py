@@ -7,7 +7,18 @@ from typing import Annotated, Optional
 
 import typer
 
-from grokfetch.cli.options import CkptArg, ForceOpt, JsonOpt, PresetOpt, QuietOpt, examples
+from grokfetch.cli.options import (
+    DryRunOpt,
+    ForceOpt,
+    JobsOpt,
+    JsonOpt,
+    LayersOpt,
+    NoSpaceCheckOpt,
+    PresetOpt,
+    QuietOpt,
+    VerboseOpt,
+    examples,
+)
 from grokfetch.fsutil import human_bytes
 
 EPILOG = examples(
@@ -17,6 +28,7 @@ EPILOG = examples(
     "grokfetch convert ./grok-1 --to gguf --out ./grok-1-q8 --bits 8 --wait   # while downloading",
     "grokfetch convert ./grok-1 --to safetensors --out ./grok-1-hf --layout hf --shard-size 5GB",
     "grokfetch convert ./grok-1 --to jax --out ./grok-1-jax --mesh 1x8",
+    "grokfetch convert --preset grok-1 --to gguf --bits 4 --dry-run   # plan only, no data",
 )
 #: Target-specific options and the one target each applies to.
 _OPTION_TARGET = {"bits": "gguf", "quant": "gguf", "split_size": "gguf", "layout": "safetensors",
@@ -26,10 +38,13 @@ _OPTION_TARGET = {"bits": "gguf", "quant": "gguf", "split_size": "gguf", "layout
 def register(app: typer.Typer) -> None:
     @app.command(epilog=EPILOG)
     def convert(
-        ckpt_dir: CkptArg,
-        to: Annotated[str, typer.Option("--to", help="Output format: gguf, safetensors or jax.")],
-        out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (created; refused if it "
-                                                              "exists, unless --force or resuming).")],
+        ckpt_dir: Annotated[Optional[Path], typer.Argument(
+            help="Checkpoint folder (holding ckpt-0/), ckpt-0 itself, or the download folder "
+                 "(optional with --dry-run).", show_default=False)] = None,
+        to: Annotated[str, typer.Option("--to", help="Output format: gguf, safetensors or jax.")] = ...,
+        out: Annotated[Optional[Path], typer.Option(
+            "--out", "-o", help="Output folder (created; refused if it exists, unless --force or "
+                                "resuming; a finished one is left as it is).")] = None,
         bits: Annotated[Optional[int], typer.Option(
             "--bits", help="GGUF: 16=BF16 8=Q8_0 6=Q6_K 5=Q5_K_M 4=Q4_K_M 3=Q3_K_M 2=Q2_K.")] = None,
         quant: Annotated[Optional[str], typer.Option(
@@ -47,14 +62,12 @@ def register(app: typer.Typer) -> None:
         mesh: Annotated[Optional[str], typer.Option(
             "--mesh", help="jax: device mesh DATAxMODEL the checkpoint is sharded for "
                            "(default 1x8).")] = None,
-        layers: Annotated[Optional[str], typer.Option(
-            "--layers", help="Keep only these layers, e.g. 0-3 or 0,5 (renumbered 0..k-1).")] = None,
+        layers: LayersOpt = None,
         experts: Annotated[Optional[str], typer.Option(
             "--experts", help="Keep only these experts, e.g. 0,1 (router sliced to match).")] = None,
         tokenizer: Annotated[Optional[Path], typer.Option(
             "--tokenizer", help="tokenizer.model to use (default CKPT_DIR/tokenizer.model).")] = None,
-        workers: Annotated[int, typer.Option("--workers", "-j", help="Threads quantizing chunks "
-                                                                     "in parallel.")] = 1,
+        jobs: JobsOpt = None,
         name: Annotated[Optional[str], typer.Option(
             "--name", help="Output base name (default: model name and type).")] = None,
         chunk_size: Annotated[str, typer.Option(
@@ -65,22 +78,34 @@ def register(app: typer.Typer) -> None:
             "--wait-timeout", help="With --wait: give up after this many seconds per file.")] = None,
         preset: PresetOpt = None,
         force: ForceOpt = False,
+        no_space_check: NoSpaceCheckOpt = False,
+        dry_run: DryRunOpt = False,
         json_: JsonOpt = False,
         quiet: QuietOpt = False,
+        verbose: VerboseOpt = False,
     ) -> int:
         """Convert a checkpoint to GGUF, safetensors or a re-sharded JAX checkpoint.
 
         Straight from the int8 pickles to GGUF (llama.cpp, 2-16 bit), safetensors (HF or
         sglang names) or tensorstore/orbax, streaming tensor by tensor with bounded memory;
-        resumable, files renamed when complete, output manifest last.
+        resumable, files renamed when complete, output manifest last. Rerunning a finished
+        conversion changes nothing and exits 0.
         """
+        from grokfetch.cli.options import check_jobs, check_preset, check_wait, positive_size
         from grokfetch.cli.output import Output
         from grokfetch.convert.base import DEFAULT_SHARD_SIZE, ConvertOptions
         from grokfetch.convert.jax_layout import parse_mesh
         from grokfetch.convert.run import convert as run_convert
         from grokfetch.errors import Interrupted, UsageError
-        from grokfetch.fsutil import parse_size
 
+        output = Output("convert", json_mode=json_, quiet=quiet, verbose=verbose)
+        if ckpt_dir is None and not dry_run:
+            raise UsageError("missing argument CKPT_DIR (only --dry-run works without one)")
+        if out is None and not dry_run:
+            raise UsageError("missing option --out")
+        check_jobs(jobs)
+        check_wait(wait, wait_timeout)
+        check_preset(ckpt_dir, preset)
         target = to.strip().lower()
         given = {"bits": bits, "quant": quant, "split_size": split_size, "layout": layout,
                  "dtype": dtype, "shard_size": shard_size, "mesh": mesh}
@@ -89,14 +114,23 @@ def register(app: typer.Typer) -> None:
         if bad and target in _OPTION_TARGET.values():
             raise UsageError(f"{', '.join(bad)} do(es) not apply to --to {target}")
         opts = ConvertOptions(
-            target=target, bits=bits, quant=quant, split_size=parse_size(split_size),
+            target=target, bits=bits, quant=quant,
+            split_size=positive_size(split_size, "--split-size"),
             layout=(layout or "hf").lower(), dtype=(dtype or "bf16").lower(),
-            shard_size=parse_size(shard_size) or DEFAULT_SHARD_SIZE,
+            shard_size=positive_size(shard_size, "--shard-size") or DEFAULT_SHARD_SIZE,
             mesh=parse_mesh(mesh or "1x8"),
-            layers=layers, experts=experts, workers=workers, force=force, tokenizer=tokenizer,
-            wait=wait, wait_timeout=wait_timeout, chunk_bytes=parse_size(chunk_size) or 0,
-            name=name)
-        output = Output(json_mode=json_, quiet=quiet)
+            layers=layers, experts=experts, force=force, tokenizer=tokenizer,
+            wait=wait, wait_timeout=wait_timeout,
+            chunk_bytes=positive_size(chunk_size, "--chunk-size") or 0, name=name,
+            space_check=not no_space_check, **({"workers": jobs} if jobs is not None else {}))
+        if dry_run:
+            from grokfetch.cli.plan import render_plan
+            from grokfetch.plan import convert_plan
+
+            plan = convert_plan(ckpt_dir, opts, preset=preset)
+            output.result(plan.to_json(), lambda c: render_plan(plan, c))
+            return 0
+        assert ckpt_dir is not None and out is not None
         try:
             with output.progress() as p:
                 report = run_convert(ckpt_dir, out, opts, preset=preset, progress=p)
@@ -104,6 +138,10 @@ def register(app: typer.Typer) -> None:
             raise Interrupted("interrupted", hint="rerun the same command to resume") from None
 
         def human(console) -> None:
+            if report.already_complete:
+                console.print(f"already complete: {report.out} ({len(report.files)} file(s), "
+                              f"{human_bytes(report.bytes_out)}); nothing to do")
+                return
             verb = "resumed and finished" if report.resumed else "wrote"
             console.print(f"{verb} {len(report.files)} file(s) in {report.out}:")
             for f in report.files:
@@ -118,5 +156,5 @@ def register(app: typer.Typer) -> None:
             if report.manifest:
                 console.print(f"manifest: {report.manifest}")
 
-        output.result(report.to_json(), human)
+        output.result({"input": str(ckpt_dir), **report.to_json()}, human)
         return 0

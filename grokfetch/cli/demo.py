@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from grokfetch.cli.options import JsonOpt, examples
+from grokfetch.cli.options import JsonOpt, QuietOpt, VerboseOpt, examples
 from grokfetch.fsutil import human_bytes
 
 
@@ -20,6 +20,8 @@ def register(app: typer.Typer) -> None:
         keep: Annotated[bool, typer.Option("--keep", help="Keep the work folder afterwards.")] = False,
         preset: Annotated[str, typer.Option("--preset", help="Fixture preset: mini or tiny.")] = "mini",
         json_: JsonOpt = False,
+        quiet: QuietOpt = False,
+        verbose: VerboseOpt = False,
     ) -> int:
         """Run the whole path on a 100 MB Grok-shaped model, through the real code.
 
@@ -31,9 +33,14 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from grokfetch.cli.output import Output
+        from grokfetch.errors import CheckFailed
         from grokfetch.smoke.mesh import setup_jax
 
-        out = Output(json_mode=json_)
+        out = Output("demo", json_mode=json_, quiet=quiet, verbose=verbose)
+        if preset not in ("mini", "tiny"):
+            from grokfetch.errors import UsageError
+
+            raise UsageError(f"--preset must be mini or tiny, not {preset!r}")
         setup_jax("cpu", 8)  # before anything imports jax: 8 simulated devices
         from grokfetch.demo import run_demo
 
@@ -57,5 +64,10 @@ def register(app: typer.Typer) -> None:
             console.print(f"{verdict} in {total:.0f} s"
                           + (f"; files kept in {report.workdir}" if report.kept else ""))
 
-        out.result(report.to_json(), human)
-        return 0 if report.passed else 1
+        data = {k: v for k, v in report.to_json().items() if k not in ("passed", "seconds")}
+        if not report.passed:
+            failed = [s.name for s in report.steps if not s.ok]
+            raise out.failed(CheckFailed(f"demo step(s) failed: {', '.join(failed) or 'none ran'}"),
+                             data, human)
+        out.result(data, human)
+        return 0

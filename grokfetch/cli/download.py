@@ -7,7 +7,17 @@ from typing import Annotated, Optional
 
 import typer
 
-from grokfetch.cli.options import ForceOpt, JsonOpt, PresetOpt, QuietOpt, examples
+from grokfetch.cli.options import (
+    DryRunOpt,
+    ForceOpt,
+    JsonOpt,
+    LayersOpt,
+    NoSpaceCheckOpt,
+    PresetOpt,
+    QuietOpt,
+    VerboseOpt,
+    examples,
+)
 from grokfetch.fsutil import human_bytes
 
 DL_EPILOG = examples(
@@ -15,10 +25,11 @@ DL_EPILOG = examples(
     "grokfetch download --dir ./grok-1 --layers 0-3 --order model",
     "grokfetch download 'magnet:?xt=urn:btih:...' --dir ./d --peer 10.0.0.5:6881 --no-dht",
     "grokfetch download ./grok-1.torrent --dir ./d --include 'ckpt-0/*' --max-download-rate 20M",
+    "grokfetch download --dir ./grok-1 --layers 0-3 --dry-run",
 )
 SEED_EPILOG = examples("grokfetch seed ./grok-1", "grokfetch seed ./mini --torrent mini.torrent "
                                                    "--listen 127.0.0.1:6881 --for 600")
-CREATE_EPILOG = examples("grokfetch torrent create ./grok-mini -o mini.torrent",
+CREATE_EPILOG = examples("grokfetch torrent create ./grok-mini --out mini.torrent",
                          "grokfetch torrent create ./ckpt -o c.torrent --piece-size 4MiB")
 
 Multi = Optional[list[str]]
@@ -42,8 +53,7 @@ def register(app: typer.Typer) -> None:
                                                "(repeatable), e.g. 'ckpt-0/*'.")] = None,
         exclude: Annotated[Multi, typer.Option("--exclude", help="Skip files matching this glob "
                                                "(repeatable).")] = None,
-        layers: Annotated[Optional[str], typer.Option("--layers", help="Only these layers (plus "
-                                                      "embedding, final norm, tokenizer), e.g. 0-3.")] = None,
+        layers: LayersOpt = None,
         preset: PresetOpt = None,
         order: Annotated[str, typer.Option("--order", help="Piece order: rarest (swarm-friendly), "
                                            "sequential, or model (files finish in model order).")] = "rarest",
@@ -66,26 +76,39 @@ def register(app: typer.Typer) -> None:
             "--timeout", help="Give up after this many seconds without progress.")] = None,
         recheck: Annotated[bool, typer.Option("--recheck", help="Ignore resume data and hash-check "
                                               "the files on disk first.")] = False,
-        force: ForceOpt = False,
+        no_space_check: NoSpaceCheckOpt = False,
+        dry_run: DryRunOpt = False,
         json_: JsonOpt = False,
         quiet: QuietOpt = False,
+        verbose: VerboseOpt = False,
     ) -> int:
         """Download Grok-1 (or any torrent): resume, file selection, hash verification.
 
         Exit codes: 0 complete, every wanted piece hash-verified; 1 failed (stalled, disk full; resume data saved); 2 bad usage; 130 interrupted (resume data saved)."""  # noqa: E501
+        from grokfetch.cli.options import check_preset
         from grokfetch.cli.output import Output
         from grokfetch.torrent.job import DownloadOptions
         from grokfetch.torrent.job import download as run_download
 
-        out = Output(json_mode=json_, quiet=quiet)
+        out = Output("download", json_mode=json_, quiet=quiet, verbose=verbose)
+        check_preset(None, preset)
+        if dry_run:
+            from grokfetch.cli.plan import render_plan
+            from grokfetch.plan import download_plan
+
+            plan = download_plan(dest, preset=preset, layers=layers,
+                                 max_rate=_rate(max_download_rate))
+            out.result(plan.to_json(), lambda c: render_plan(plan, c))
+            return 0
         opts = DownloadOptions(
             include=include or [], exclude=exclude or [], layers=layers, preset=preset,
             order=order, peers=peer or [], webseeds=webseed or [], trackers=not no_trackers,
             listen=listen, dht=not no_dht, lsd=not no_lsd, upnp=not no_upnp, utp=not no_utp,
             max_download_rate=_rate(max_download_rate), max_upload_rate=_rate(max_upload_rate),
-            force=force, timeout=timeout, recheck=recheck)
+            force=no_space_check, timeout=timeout, recheck=recheck)
         with out.progress() as progress:
             r = run_download(source, dest, opts, progress)
+        data = {k: v for k, v in r.to_json().items() if k not in ("dest", "content", "elapsed")}
 
         def human(c) -> None:
             c.print(f"[green]complete[/green]: {r.name} -> {r.content}: {r.files} files, "
@@ -95,7 +118,7 @@ def register(app: typer.Typer) -> None:
                 c.print(f"[yellow]{r.hash_failures} pieces failed their hash check and were fetched "
                         f"again; banned peers: {', '.join(r.banned_peers) or 'none'}[/yellow]")
 
-        out.result(r.to_json(), human)
+        out.result({"dir": str(r.dest), "out": str(r.content), **data}, human)
         return 0
 
     @app.command(epilog=SEED_EPILOG)
@@ -107,7 +130,8 @@ def register(app: typer.Typer) -> None:
         listen: Annotated[str, typer.Option("--listen", help="Listen on ADDR:PORT.")] = "0.0.0.0:6881",
         for_seconds: Annotated[Optional[float], typer.Option("--for", help="Stop after SECONDS.")] = None,
         until_ratio: Annotated[Optional[float], typer.Option("--until-ratio", help="Stop once "
-                                                             "uploaded / size reaches this.")] = None,
+                                                             "uploaded / size reaches this "
+                                                             "(more than 0).")] = None,
         no_dht: Annotated[bool, typer.Option("--no-dht", help="Do not use the DHT.")] = False,
         no_lsd: Annotated[bool, typer.Option("--no-lsd", help="No local service discovery.")] = False,
         no_upnp: Annotated[bool, typer.Option("--no-upnp", help="No UPnP / NAT-PMP.")] = False,
@@ -116,15 +140,21 @@ def register(app: typer.Typer) -> None:
             "--max-upload-rate", help="Bytes/s, K/M/G suffixes.")] = None,
         json_: JsonOpt = False,
         quiet: QuietOpt = False,
+        verbose: VerboseOpt = False,
     ) -> int:
         """Give back: serve a finished download until Ctrl-C, --for or --until-ratio.
 
         Pieces are hash-checked before they are served."""
         from grokfetch.cli.output import Output
+        from grokfetch.errors import UsageError
         from grokfetch.torrent.seed import seed as run_seed
         from grokfetch.torrent.session import NetOptions
 
-        out = Output(json_mode=json_, quiet=quiet)
+        out = Output("seed", json_mode=json_, quiet=quiet, verbose=verbose)
+        if until_ratio is not None and not until_ratio > 0:
+            raise UsageError(f"--until-ratio must be more than 0, not {until_ratio}")
+        if for_seconds is not None and not for_seconds > 0:
+            raise UsageError(f"--for must be more than 0 seconds, not {for_seconds}")
         net = NetOptions(None, not no_dht, not no_lsd, not no_upnp, not no_utp, None,
                          _rate(max_upload_rate))
 
@@ -146,7 +176,8 @@ def register(app: typer.Typer) -> None:
         with out.progress() as progress:
             r = run_seed(folder, torrent, listen=listen, net=net, for_seconds=for_seconds,
                          until_ratio=until_ratio, progress=_Announce(progress))
-        out.result(r.to_json(), lambda c: c.print(
+        data = {k: v for k, v in r.to_json().items() if k != "elapsed"}
+        out.result({"input": str(folder), **data}, lambda c: c.print(
             f"seeded {r.infohash}: uploaded {human_bytes(r.uploaded)} (ratio {r.ratio:.2f}) to "
             f"{r.peers_seen} peers in {r.elapsed:.0f} s; stopped by {r.stopped_by}"))
         return 0
@@ -158,13 +189,15 @@ def register(app: typer.Typer) -> None:
     def create(
         folder: Annotated[Path, typer.Argument(help="Checkpoint folder; its name becomes the "
                                                "torrent's name.", show_default=False)],
-        output: Annotated[Path, typer.Option("--output", "-o", help="The .torrent to write.")],
+        output: Annotated[Path, typer.Option("--out", "-o", help="The .torrent to write.")],
         piece_size: Annotated[Optional[str], typer.Option("--piece-size", help="Power of two "
                                                           "≥ 16KiB, e.g. 4MiB. Default: automatic.")] = None,
         tracker: Annotated[Multi, typer.Option("--tracker", help="Announce URL (repeatable).")] = None,
         webseed: Annotated[Multi, typer.Option("--webseed", help="Web seed URL (repeatable).")] = None,
         force: ForceOpt = False,
         json_: JsonOpt = False,
+        quiet: QuietOpt = False,
+        verbose: VerboseOpt = False,
     ) -> int:
         """Make a deterministic v1 torrent of a folder (same folder, same info-hash).
 
@@ -172,11 +205,12 @@ def register(app: typer.Typer) -> None:
         from grokfetch.cli.output import Output
         from grokfetch.torrent.create import create_torrent
 
-        out = Output(json_mode=json_)
+        out = Output("torrent create", json_mode=json_, quiet=quiet, verbose=verbose)
         with out.progress() as progress:
             r = create_torrent(folder, output, piece_size=_rate(piece_size), trackers=tracker or [],
                                webseeds=webseed or [], force=force, progress=progress)
-        out.result(r.to_json(), lambda c: c.print(
+        data = {k: v for k, v in r.to_json().items() if k != "path"}
+        out.result({"input": str(folder), "out": str(r.path), **data}, lambda c: c.print(
             f"wrote {r.path}: {r.files} files, {human_bytes(r.bytes)}, {r.num_pieces} pieces of "
             f"{r.piece_size:,} B\ninfo-hash {r.infohash}\n{r.magnet}"))
         return 0

@@ -7,10 +7,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from grokfetch.cli.options import JsonOpt, PresetOpt, examples
+from grokfetch.cli.options import JsonOpt, PresetOpt, QuietOpt, VerboseOpt, examples
 from grokfetch.fsutil import human_bytes
 
-EPILOG = examples("grokfetch inspect --preset grok-1", "grokfetch inspect --json | jq length",
+EPILOG = examples("grokfetch inspect --preset grok-1",
+                  "grokfetch inspect --json | jq '.tensors | length'",
                   "grokfetch inspect ./grok-1 --preset grok-1")
 
 
@@ -21,6 +22,8 @@ def register(app: typer.Typer) -> None:
                                                                 "against the table (optional).")] = None,
         preset: PresetOpt = None,
         json_: JsonOpt = False,
+        quiet: QuietOpt = False,
+        verbose: VerboseOpt = False,
     ) -> int:
         """Show the tensor table, or check a checkpoint folder against it.
 
@@ -30,10 +33,13 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from grokfetch.checkpoint.reader import open_checkpoint
+        from grokfetch.cli.options import check_preset
         from grokfetch.cli.output import Output
+        from grokfetch.errors import CheckFailed
         from grokfetch.spec import TensorTable, load_config
 
-        out = Output(json_mode=json_)
+        out = Output("inspect", json_mode=json_, quiet=quiet, verbose=verbose)
+        check_preset(ckpt_dir, preset)
         if ckpt_dir is None:
             table = TensorTable(load_config(None, preset))
             statuses = None
@@ -72,7 +78,13 @@ def register(app: typer.Typer) -> None:
                               f"{sum(r['status'] == 'missing' for r in bad)} missing, "
                               f"{sum(r['status'] != 'missing' for r in bad)} mismatched")
 
-        out.result(rows, human)
-        if statuses is not None and any(r["status"] != "ok" for r in rows):
-            return 1
+        data = {"input": str(ckpt_dir) if ckpt_dir is not None else None,
+                "model": table.config.name, "payload_bytes": table.payload_bytes,
+                "file_bytes": table.file_bytes, "parameters": table.num_params, "tensors": rows}
+        bad = [r for r in rows if statuses is not None and r["status"] != "ok"]
+        if bad:
+            raise out.failed(CheckFailed(f"{len(bad)} of {len(rows)} tensor files missing or "
+                                         f"mismatched, e.g. {bad[0]['file']}: {bad[0]['status']}"),
+                             data, human)
+        out.result(data, human)
         return 0

@@ -7,15 +7,47 @@ from typing import Annotated, Optional
 
 import typer
 
-from grokfetch.cli.options import ForceOpt, JsonOpt, PresetOpt, examples
+from grokfetch.cli.options import (
+    DryRunOpt,
+    ForceOpt,
+    JsonOpt,
+    LayersOpt,
+    PresetOpt,
+    QuietOpt,
+    VerboseOpt,
+    examples,
+)
 from grokfetch.fsutil import human_bytes
 
 EPILOG = examples(
     "grokfetch smoke ./grok-1 --gpus 8",
-    "grokfetch smoke ./grok-1 --gpus 1 --layers 8 --max-new-tokens 4",
+    "grokfetch smoke ./grok-1 --gpus 1 --layers 0-7 --max-new-tokens 4",
+    "grokfetch smoke --preset grok-1 --gpus 8 --device-memory 141GB --dry-run",
     "grokfetch smoke ./tiny --gpus 8 --platform cpu --json",
     "grokfetch smoke ./grok-1 --gpus 8 --compare ./grok-1-gguf",
 )
+
+
+#: ``--dtype`` spellings (the same as convert's) and the compute dtype each means.
+DTYPES = {"bf16": "bfloat16", "f32": "float32", "bfloat16": "bfloat16", "float32": "float32"}
+
+
+def _parse_layers(text: str | None) -> int | None:
+    """``--layers``: ``0-7`` or ``0,1,2`` (the first K layers), or the count ``8`` for 0-7."""
+    from grokfetch.errors import UsageError
+    from grokfetch.spec import parse_layers
+
+    if text is None:
+        return None
+    if text.strip().isdigit():
+        return int(text)
+    sel = parse_layers(text, 1 << 16)
+    if sel is None:  # "all"
+        return None
+    if sel != list(range(len(sel))):
+        raise UsageError(f"--layers {text}: smoke runs the first K layers; give a range from 0 "
+                         "(e.g. 0-7) or the count K (8)")
+    return len(sel)
 
 
 def _parse_tokens(text: str | None) -> list[int] | None:
@@ -49,16 +81,18 @@ def _human(report, console) -> None:
         console.print(f"  {mark} {c.name}: {c.detail}")
 
 
-SmokeCkptArg = Annotated[Path, typer.Argument(
+SmokeCkptArg = Annotated[Optional[Path], typer.Argument(
     help="The original checkpoint (folder holding ckpt-0/) or any convert output: a GGUF, "
-         "safetensors or JAX-store folder (detected from its files).", show_default=False)]
+         "safetensors or JAX-store folder (detected from its files); optional with --dry-run.",
+    show_default=False)]
 
 
 def register(app: typer.Typer) -> None:
     @app.command(epilog=EPILOG)
     def smoke(
-        ckpt: SmokeCkptArg,
-        gpus: Annotated[int, typer.Option("--gpus", help="Devices in the mesh (1, 2, 4 or 8); "
+        ckpt: SmokeCkptArg = None,
+        gpus: Annotated[int, typer.Option("--gpus", help="Devices in the mesh, a power of two "
+                                          "dividing the model's heads (Grok-1: 1, 2, 4 or 8); "
                                           "with --platform cpu, simulated.")] = 1,
         platform: Annotated[str, typer.Option("--platform", help="gpu or cpu.")] = "gpu",
         prompt: Annotated[Optional[str], typer.Option("--prompt", help="Prompt text (default: the "
@@ -67,10 +101,9 @@ def register(app: typer.Typer) -> None:
                                                       "separated (instead of --prompt).")] = None,
         max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Greedy tokens to "
                                                     "generate.")] = 8,
-        layers: Annotated[Optional[int], typer.Option("--layers", help="Run only the first K real "
-                                                      "layers (0..K-1).")] = None,
-        dtype: Annotated[str, typer.Option("--dtype", help="bfloat16 (reference precisions) or "
-                                           "float32 (every activation f32).")] = "bfloat16",
+        layers: LayersOpt = None,
+        dtype: Annotated[str, typer.Option("--dtype", help="bf16 (reference precisions) or "
+                                           "f32 (every activation f32).")] = "bf16",
         preset: PresetOpt = None,
         dump_logits: Annotated[Optional[Path], typer.Option("--dump-logits", help="Write the "
                                "prompt's logits, float32 [T, vocab], to FILE.npy.")] = None,
@@ -79,15 +112,19 @@ def register(app: typer.Typer) -> None:
         tokenizer: Annotated[Optional[Path], typer.Option("--tokenizer", help="tokenizer.model "
                              "(default: the checkpoint's).")] = None,
         device_memory: Annotated[Optional[str], typer.Option("--device-memory", help="Usable "
-                                 "memory per device for the preflight, e.g. 80G (default: "
-                                 "what the device reports).")] = None,
+                                 "memory per device for the preflight, e.g. 80GiB or 141GB "
+                                 "(G/GB = 10^9 bytes, GiB = 2^30; default: what the device "
+                                 "reports).")] = None,
         coordinator: Annotated[Optional[str], typer.Option("--coordinator", help="HOST:PORT of "
                                "process 0, to span the mesh over several processes.")] = None,
         num_processes: Annotated[int, typer.Option("--num-processes", help="Processes in the "
                                                    "run.")] = 1,
         process_id: Annotated[int, typer.Option("--process-id", help="This process's index.")] = 0,
         force: ForceOpt = False,
+        dry_run: DryRunOpt = False,
         json_: JsonOpt = False,
+        quiet: QuietOpt = False,
+        verbose: VerboseOpt = False,
     ) -> int:
         """Run the model sharded over N devices in JAX and check that it works.
 
@@ -95,23 +132,42 @@ def register(app: typer.Typer) -> None:
         a teacher-forced prefill; reports tokens/s, memory per device and the generated text.
         Exit 0 only when all checks pass.
         """
+        from grokfetch.cli.options import check_preset, positive_size
         from grokfetch.cli.output import Output
-        from grokfetch.errors import OutputExistsError
-        from grokfetch.fsutil import parse_size
+        from grokfetch.errors import CheckFailed, OutputExistsError, UsageError
         from grokfetch.smoke.run import SmokeOptions
         from grokfetch.smoke.run import smoke as run_smoke
 
-        out = Output(json_mode=json_)
+        out = Output("smoke", json_mode=json_, quiet=quiet, verbose=verbose)
+        if ckpt is None and not dry_run:
+            raise UsageError("missing argument CKPT (only --dry-run works without one)")
+        if dtype.lower() not in DTYPES:
+            raise UsageError(f"--dtype must be bf16 or f32, not {dtype!r}")
+        check_preset(ckpt, preset)
         if dump_logits is not None and dump_logits.exists() and not force:
             raise OutputExistsError(dump_logits)
         opts = SmokeOptions(
             gpus=gpus, platform=platform, prompt=prompt, tokens=_parse_tokens(tokens),
-            max_new_tokens=max_new_tokens, layers=layers, dtype=dtype, preset=preset,
+            max_new_tokens=max_new_tokens, layers=_parse_layers(layers),
+            dtype=DTYPES[dtype.lower()], preset=preset,
             dump_logits=dump_logits, compare=compare, tokenizer=tokenizer,
-            device_memory=parse_size(device_memory) if device_memory else None,
+            device_memory=positive_size(device_memory, "--device-memory"),
             coordinator=coordinator, num_processes=num_processes, process_id=process_id)
+        if dry_run:
+            from grokfetch.cli.plan import render_plan
+            from grokfetch.plan import smoke_plan
+
+            plan = smoke_plan(ckpt, opts, preset=preset)
+            out.result(plan.to_json(), lambda c: render_plan(plan, c))
+            return 0
+        assert ckpt is not None
         with out.progress() as progress:
             report = run_smoke(ckpt, opts, progress)
-        out.result(report.to_json(), lambda c: _human(report, c))
-        report.raise_for_failures()
+        data = {k: v for k, v in report.to_json().items() if k not in ("passed", "checkpoint")}
+        data["input"] = str(ckpt)
+        try:
+            report.raise_for_failures()
+        except CheckFailed as exc:
+            raise out.failed(exc, data, lambda c: _human(report, c)) from None
+        out.result(data, lambda c: _human(report, c))
         return 0

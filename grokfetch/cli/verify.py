@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from grokfetch.cli.options import ForceOpt, JsonOpt, PresetOpt, QuietOpt, examples
+from grokfetch.cli.options import ForceOpt, JobsOpt, JsonOpt, PresetOpt, QuietOpt, VerboseOpt, examples
 from grokfetch.fsutil import human_bytes
 
 VERIFY_EPILOG = examples(
@@ -90,9 +90,7 @@ def register(app: typer.Typer) -> None:
                                              "(needs a torrent), then verify again.")] = False,
         peer: Annotated[Optional[list[str]], typer.Option(
             "--peer", help="With --repair: connect to HOST:PORT (repeatable).")] = None,
-        jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", min=1,
-                                                    help="Parallel hashing jobs (default: cores, "
-                                                         "at most 8).")] = None,
+        jobs: JobsOpt = None,
         hashes: Annotated[str, typer.Option("--hashes", help="For hybrid torrents: auto (v2), "
                                             "v1 or v2.")] = "auto",
         all_files: Annotated[bool, typer.Option("--all-files", help="Check every file of the "
@@ -100,19 +98,23 @@ def register(app: typer.Typer) -> None:
                                                 "(--include/--layers) skipped.")] = False,
         json_: JsonOpt = False,
         quiet: QuietOpt = False,
+        verbose: VerboseOpt = False,
     ) -> int:
         """Check every byte against the torrent's hashes (or a manifest) and the tensor table.
 
         Exit code 0 when everything is good, 1 when something is bad, 2 for usage errors. Missing, truncated, oversized, corrupted, unsafe and extra files are distinct findings.
         """
+        from grokfetch.cli.options import check_jobs, check_preset
         from grokfetch.cli.output import Output
         from grokfetch.errors import CheckFailed, UsageError
 
+        out = Output("verify", json_mode=json_, quiet=quiet, verbose=verbose)
+        check_jobs(jobs)
+        check_preset(directory, preset)
         if hashes not in ("auto", "v1", "v2"):
             raise UsageError(f"--hashes must be auto, v1 or v2, not {hashes!r}")
         if peer and not repair:
             raise UsageError("--peer only makes sense with --repair")
-        out = Output(json_mode=json_, quiet=quiet)
         with out.progress() as progress:
             if repair:
                 from grokfetch.verify.repair import verify_and_repair
@@ -127,13 +129,15 @@ def register(app: typer.Typer) -> None:
                 report = run_verify(directory, torrent=torrent, manifest=manifest,
                                     structure=structure, preset=preset, jobs=jobs, scheme=hashes,
                                     all_files=all_files, progress=progress)
-        out.result(report.to_json(), lambda c: render(report, c))
+        data = {k: v for k, v in report.to_json().items() if k not in ("ok", "root", "seconds")}
+        data["input"] = str(report.root)
         if not report.ok:
             exc = CheckFailed(summary_line(report), report.findings)
             exc.hint = ("grokfetch verify DIR --repair re-downloads only the bad pieces"
                         if report.pieces_total is not None and not repair
                         else "see docs/verify.md, 'A corrupted shard'")
-            raise exc
+            raise out.failed(exc, data, lambda c: render(report, c))
+        out.result(data, lambda c: render(report, c))
         return 0
 
     manifest_app = typer.Typer(help="Create grokfetch manifests (whole-file and chunk hashes).",
@@ -150,34 +154,33 @@ def register(app: typer.Typer) -> None:
                                           "(cross-checkable with sha256sum).")] = "xxh3_128",
         chunk: Annotated[str, typer.Option("--chunk-size", help="Chunk hashed separately, so "
                                            "damage is localised.")] = "64MiB",
-        jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", min=1,
-                                                    help="Files hashed in parallel.")] = None,
+        jobs: JobsOpt = None,
         force: ForceOpt = False,
         json_: JsonOpt = False,
         quiet: QuietOpt = False,
+        verbose: VerboseOpt = False,
     ) -> int:
         """Hash every file under DIR (whole file + 64 MiB chunks) into a JSON manifest.
 
         `grokfetch verify DIR --manifest FILE` checks it later.
         """
+        from grokfetch.cli.options import check_jobs, positive_size
         from grokfetch.cli.output import Output
-        from grokfetch.errors import NotFoundError, OutputExistsError, UsageError
-        from grokfetch.fsutil import parse_size
+        from grokfetch.errors import NotFoundError, OutputExistsError
         from grokfetch.verify.hashio import hasher_factory
         from grokfetch.verify.manifest import MANIFEST_NAME, list_files, write_manifest
 
+        out = Output("manifest create", json_mode=json_, quiet=quiet, verbose=verbose)
+        check_jobs(jobs)
         if not directory.is_dir():
             raise NotFoundError(directory, "folder to hash")
         hasher_factory(algo)
-        chunk_size = parse_size(chunk) or 0
-        if chunk_size <= 0:
-            raise UsageError(f"bad --chunk-size {chunk!r}")
+        chunk_size = positive_size(chunk, "--chunk-size") or 0
         target = out_file if out_file is not None else directory / MANIFEST_NAME
         if target.exists() and not force:
             raise OutputExistsError(target)
         files = [f for f in list_files(directory)
                  if (directory / f).resolve() != target.resolve()]
-        out = Output(json_mode=json_, quiet=quiet)
         with out.progress() as progress:
             path = write_manifest(directory, target, files, algo=algo, chunk_size=chunk_size,
                                   jobs=jobs, progress=progress)
@@ -185,7 +188,7 @@ def register(app: typer.Typer) -> None:
 
         doc = json.loads(path.read_text())
         total = sum(f["size"] for f in doc["files"])
-        out.result({"manifest": str(path), "algo": algo, "files": len(doc["files"]),
+        out.result({"input": str(directory), "out": str(path), "algo": algo, "files": len(doc["files"]),
                     "bytes": total, "chunk_size": chunk_size},
                    lambda c: c.print(f"wrote {path}: {len(doc['files'])} files, {human_bytes(total)}, "
                                      f"{algo}"))

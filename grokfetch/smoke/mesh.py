@@ -48,15 +48,24 @@ def pspec(slot: str):
     return P(*WEIGHT_AXES[slot])
 
 
+def _split_dims(cfg: ModelConfig) -> dict[str, int]:
+    return {"kv heads": cfg.num_kv_heads, "query heads": cfg.num_q_heads,
+            "ffn_size": cfg.ffn_size, "emb_size": cfg.emb_size}
+
+
+def device_counts(cfg: ModelConfig, upto: int = 64) -> list[int]:
+    """The mesh sizes (powers of two up to ``upto``) that :func:`check_devices` accepts."""
+    dims = _split_dims(cfg).values()
+    return [d for d in (1, 2, 4, 8, 16, 32, 64) if d <= upto and all(v % d == 0 for v in dims)]
+
+
 def check_devices(cfg: ModelConfig, n: int) -> None:
     """Raise :class:`UsageError` unless every sharded dimension splits evenly over ``n``."""
     if n < 1:
         raise UsageError(f"--gpus must be at least 1, not {n}")
-    dims = {"kv heads": cfg.num_kv_heads, "query heads": cfg.num_q_heads,
-            "ffn_size": cfg.ffn_size, "emb_size": cfg.emb_size}
-    bad = [f"{k} {v}" for k, v in dims.items() if v % n]
+    bad = [f"{k} {v}" for k, v in _split_dims(cfg).items() if v % n]
     if bad:
-        ok = [d for d in (1, 2, 4, 8, 16) if all(v % d == 0 for v in dims.values())]
+        ok = device_counts(cfg)
         raise UsageError(f"{cfg.name} cannot be split over {n} devices ({', '.join(bad)} not "
                          f"divisible); use one of --gpus {', '.join(map(str, ok))}")
 
@@ -239,6 +248,14 @@ def fitting_layers(table: TensorTable, n: int, device_bytes: int, **kw: Any) -> 
         else:
             break
     return best
+
+
+def devices_that_fit(table: TensorTable, n: int, device_bytes: int, *, layers: int,
+                     **kw: Any) -> int | None:
+    """The smallest mesh larger than ``n`` that :func:`check_devices` accepts and that holds
+    ``layers`` layers in ``device_bytes`` per device (None if none up to 64)."""
+    return next((m for m in device_counts(table.config) if m > n and preflight(
+        table, m, device_bytes, layers=layers, **kw).fits), None)
 
 
 def device_memory(devices, platform: str) -> int | None:

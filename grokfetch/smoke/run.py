@@ -235,14 +235,14 @@ def _plan(source: Source, opts: SmokeOptions, n: int, layers: int, tokens: int, 
     assert device_bytes is not None
     k = meshlib.fitting_layers(source.table, n, device_bytes, tokens=tokens, cache_len=cache_len,
                                weight_kind=weight_kind, compute_dtype=opts.dtype)
-    more = next((m for m in (2, 4, 8, 16, 32, 64) if m > n and meshlib.preflight(
-        source.table, m, device_bytes, layers=layers, tokens=tokens, cache_len=cache_len,
-        weight_kind=weight_kind, compute_dtype=opts.dtype).fits), None)
+    more = meshlib.devices_that_fit(source.table, n, device_bytes, layers=layers, tokens=tokens,
+                                    cache_len=cache_len, weight_kind=weight_kind,
+                                    compute_dtype=opts.dtype)
     hints = []
     if k:
         hints.append(f"--layers {k} fits")
     if more:
-        hints.append(f"{more} such devices would hold {layers} layers")
+        hints.append(f"--gpus {more} (of such devices) would hold {layers} layers")
     raise InsufficientMemoryError(
         f"{source.config.name} with {layers} layers does not fit {n} device(s): needs "
         f"{meshlib.gib(plan.total)} per device (weights {meshlib.gib(plan.weights)}, KV cache "
