@@ -153,7 +153,7 @@ def test_smoke_checks_pass_in_bf16_on_random_shapes(name, run_cli, tmp_path):
                               "--json"])
     report = json.loads(out.strip().splitlines()[-1])
     assert report["dtype"] == "bfloat16" and report["devices"] == gpus
-    assert code == 0 and report["passed"], [c for c in report["checks"] if not c["passed"]]
+    assert code == 0 and report["ok"], [c for c in report["checks"] if not c["passed"]]
 
 
 def median_kl(a: list[np.ndarray], b: list[np.ndarray]) -> float:
