@@ -15,6 +15,14 @@ from grokfetch.checkpoint.reader import open_checkpoint
 from grokfetch.torrent.create import create_torrent
 
 
+def error_line(err: str) -> str:
+    """The one ``error:`` line (progress lines may precede it when stderr is not a terminal)."""
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+
 def _tree(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes()
             for p in sorted(root.rglob("*")) if p.is_file()}
@@ -61,7 +69,7 @@ def test_unwritten_range_in_full_size_shard_is_refused(download, tmp_path, run_c
     assert code == 1 and "Traceback" not in err
     problem = "has unwritten (sparse) ranges" if how == "sparse" else \
         "fails the saved torrent's piece hashes"
-    assert err.startswith(f"error: {path}: ") and problem in err
+    assert error_line(err).startswith(f"error: {path}: ") and problem in err
     assert "grokfetch verify" in " ".join(err.split())
     assert not out.exists()
     path.write_bytes(original)  # repaired: the rerun completes
@@ -82,7 +90,7 @@ def test_state_folder_symlink_leading_outside_is_refused(download, tmp_path, run
     shutil.move(dl / ".grokfetch", tmp_path / "elsewhere")
     (dl / ".grokfetch").symlink_to(tmp_path / "elsewhere")
     code, _, err = run_cli(["convert", download, "--to", "gguf", "--out", tmp_path / "out"])
-    assert code == 1 and err.startswith("error: refusing path '.grokfetch'")
+    assert code == 1 and error_line(err).startswith("error: refusing path '.grokfetch'")
     assert not (tmp_path / "out").exists()
 
 
@@ -133,7 +141,7 @@ def test_manifest_numbers_are_bounded(tmp_path, run_cli, change):
     (root / "grokfetch-manifest.json").write_text(json.dumps(doc))
     code, _, err = run_cli(["verify", root, "--manifest", root / "grokfetch-manifest.json"])
     assert code == 2, err
-    assert err.startswith("error: bad manifest") and "Traceback" not in err
+    assert error_line(err).startswith("error: bad manifest") and "Traceback" not in err
     assert len(err) < 400
 
 
@@ -162,7 +170,7 @@ def test_config_is_taken_only_from_the_checkpoint_folder(tiny_ckpt, tmp_path, ru
     (outer / "model-config.json").write_text(json.dumps(bad))
     (outer / "ck" / "model-config.json").write_text(json.dumps(bad))
     code, _, err = run_cli(["inspect", outer / "ck"])
-    assert code == 2 and err.startswith("error: bad model config") and "num_layers" in err
+    assert code == 2 and error_line(err).startswith("error: bad model config") and "num_layers" in err
     (outer / "ck" / "model-config.json").unlink()  # the parent's is never picked up
     code, out, err = run_cli(["inspect", outer / "ck", "--preset", "tiny"])
     assert code == 0, err
@@ -193,7 +201,7 @@ def test_torrent_fields_are_checked(tmp_path, run_cli, change):
     tfile.write_bytes(_torrent_with(change, [(100, "a.bin", {})]))
     code, _, err = run_cli(["verify", tmp_path, "--torrent", tfile])
     assert code == 2, err
-    assert err.startswith("error: bad torrent") and "Traceback" not in err
+    assert error_line(err).startswith("error: bad torrent") and "Traceback" not in err
 
 
 def test_bep47_symlink_entry_is_refused_and_the_folder_stays_usable(tmp_path, run_cli):

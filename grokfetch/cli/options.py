@@ -100,12 +100,14 @@ def check_preset(ckpt: Path | None, name: str | None) -> None:
     if name is None:
         return
     from grokfetch.errors import UsageError
-    from grokfetch.spec import CONFIG_FILENAME, load_config, preset
+    from grokfetch.spec import CONFIG_FILENAME, TENSOR_DIR, load_config, preset
 
     wanted = preset(name)
     if ckpt is None:
         return
-    for root in (ckpt, ckpt.parent, *(p.parent for p in ckpt.glob("*/ckpt-0"))):
+    # the checkpoint's own folder only (DIR, or DIR given as DIR/ckpt-0), never a parent beyond it
+    parent = (ckpt.parent,) if ckpt.name == TENSOR_DIR else ()
+    for root in (ckpt, *parent, *(p.parent for p in ckpt.glob(f"*/{TENSOR_DIR}"))):
         if (root / CONFIG_FILENAME).is_file():
             have = load_config(root)
             if have.name != wanted.name:
