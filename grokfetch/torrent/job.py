@@ -47,6 +47,10 @@ __all__ = ["DownloadOptions", "DownloadResult", "download"]
 
 # ``finish``: how long, in all, to wait for resume data that lists every wanted piece
 FINISH_RESUME_TIMEOUT = 60.0
+# After a magnet's metadata arrives the torrent briefly looks finished (every file priority 0),
+# so libtorrent hangs up on the seeds it got the metadata from; it may only dial them again
+# after ``min_reconnect_time`` (default 60 s). For this long after the metadata that wait is 1 s.
+RECONNECT_BOOST = 30.0
 
 
 class _Job:
@@ -165,6 +169,8 @@ class _Job:
         unclean = self.state.mark_running()
         # explicit peers: several may share an address, and a dropped one is re-dialled soon
         extra = {"allow_multiple_connections_per_ip": True, "min_reconnect_time": 2} if peers else {}
+        self.reconnect_time = extra.get("min_reconnect_time", 60)
+        self.boost_until: float | None = None
         if opts.order == "model":
             extra["initial_picker_threshold"] = 0   # no random first pieces
         self.ses = make_session(opts.net, **extra)
@@ -246,6 +252,9 @@ class _Job:
                 progress.update("download", completed=st.total_wanted_done, total=self.total(st))
             if not checking and st.has_metadata and self.complete(h, st):
                 return self.finish(lt, h, st)
+            if self.boost_until is not None and now > self.boost_until:
+                self.boost_until = None
+                ses.apply_settings({"min_reconnect_time": self.reconnect_time})
             if now - last_status >= opts.status_interval:
                 last_status = now
                 if opts.order == "model" and st.has_metadata and not checking:
@@ -298,6 +307,9 @@ class _Job:
         h.prioritize_files(self.plan(ti))
         if self.opts.order == "model":
             self.reorder(h, ti, force=True)
+        # dial the peers that were dropped while the torrent looked finished again at once
+        self.ses.apply_settings({"min_reconnect_time": 1})
+        self.boost_until = time.monotonic() + RECONNECT_BOOST
         self.progress.event("status", text=f"metadata received: {ti.num_files()} files, "
                                            f"{ti.total_size():,} bytes", state="metadata")
 
