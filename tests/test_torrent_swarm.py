@@ -5,6 +5,7 @@ counts every announce; the seeders are real libtorrent sessions (and aria2c wher
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -60,3 +61,32 @@ def test_magnet_with_only_a_tracker_does_not_stall_after_metadata(tmp_path, tiny
             assert r.wanted_pieces == r.num_pieces and r.hash_failures == 0
     # the magnet only adds a metadata round trip and a reconnect, not a 60 s wait
     assert took["magnet"] < took["torrent"] + 8, took
+
+
+def test_verify_after_a_layer_selection_checks_every_selected_byte(tmp_path, run_cli, tiny_ckpt,
+                                                                   tiny_torrent, infohash):
+    """F5: pieces shared with skipped files are hashed with the skipped bytes from libtorrent's
+    part file. Old code: one flipped byte in tokenizer.model -> "OK ... warnings", exit 0."""
+    dest = tmp_path / "d"
+    with Seeder(tiny_ckpt, tiny_torrent) as s:
+        download(tiny_torrent, dest, net(peers=[f"127.0.0.1:{s.port}"], trackers=False, layers="0-1",
+                                         preset="tiny"))
+    parts = dest / f".{infohash}.parts"
+    assert parts.is_file()   # tokenizer.model shares a piece with skipped tensor files
+    code, out, err = run_cli(["verify", dest, "--json"])
+    res = json.loads(out.splitlines()[-1])
+    assert code == 0 and res["findings"] == [], res["findings"]
+    tok = dest / tiny_ckpt.name / "tokenizer.model"
+    good = tok.read_bytes()
+    tok.write_bytes(good[:10] + bytes([good[10] ^ 1]) + good[11:])
+    code, out, _ = run_cli(["verify", dest, "--json"])
+    res = json.loads(out.splitlines()[-1])
+    assert code == 1 and "tokenizer.model" in {f["path"] for f in res["findings"]
+                                               if f["severity"] == "error" and f["kind"] == "corrupted"}
+    tok.write_bytes(good)
+    parts.rename(tmp_path / "parts")   # the skipped bytes are gone: the shared pieces cannot be hashed
+    code, out, _ = run_cli(["verify", dest, "--json"])
+    res = json.loads(out.splitlines()[-1])
+    unverified = {f["path"]: f["ranges"] for f in res["findings"] if f["kind"] == "unverified"}
+    assert code == 1 and unverified["tokenizer.model"] == [[0, len(good)]]
+    assert all(f["severity"] == "error" for f in res["findings"] if f["kind"] == "unverified")
