@@ -15,7 +15,10 @@ if TYPE_CHECKING:
 
 
 def on_alert(job: _Job, lt, h, a) -> None:
-    """Record one alert: hash failures, bans, file errors, finished files, resume data."""
+    """Record one alert: hash failures, bans, file errors, finished files, resume data; tracker,
+    web seed, DHT and connection alerts go to ``job.watch``."""
+    if job.watch.on_alert(lt, a):
+        return
     if isinstance(a, lt.metadata_received_alert):
         if job.sel is None:
             job.on_metadata(h)
@@ -45,7 +48,7 @@ def on_alert(job: _Job, lt, h, a) -> None:
         job.saved_have = list(a.params.have_pieces)
         try:
             job.state.write_resume(a.params)
-            job.resume_error = None
+            job.resume_error, job.resume_written = None, True
         except OSError as exc:   # e.g. the disk is full; the next run re-checks the files
             job.resume_error = exc.strerror or str(exc)
         job.resume_pending = max(0, job.resume_pending - 1)

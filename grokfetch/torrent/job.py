@@ -37,11 +37,13 @@ from grokfetch.torrent.session import (
     clear_flags,
     close_session,
     listen_port,
+    listen_wanted,
     make_session,
     resolve_peer,
 )
-from grokfetch.torrent.source import Source, infohash_of, resolve, torrent_bytes
+from grokfetch.torrent.source import Source, announce_urls, infohash_of, resolve, torrent_bytes
 from grokfetch.torrent.state import StateFiles
+from grokfetch.torrent.swarm import STOP_TIMEOUT, SwarmWatch
 
 __all__ = ["DownloadOptions", "DownloadResult", "download"]
 
@@ -69,6 +71,8 @@ class _Job:
         self.resume_error: str | None = None
         self.saved_have: list[bool] = []
         self.ses = self.h = None   # the libtorrent session and torrent handle while running
+        self.watch = SwarmWatch(progress)
+        self.resume_written = False   # resume data reached the disk in this run
         self.start = time.monotonic()
 
     # --- setup ------------------------------------------------------------------------------
@@ -125,9 +129,19 @@ class _Job:
             self.done_files = done
             h.prioritize_pieces(self.model_priorities(ti))
 
+    def announce_list(self, ti) -> list[str]:
+        """The source's trackers, the torrent's own and the ``--tracker`` ones."""
+        own = announce_urls(ti) if ti is not None else []
+        return list(dict.fromkeys([*self.src.trackers, *own, *self.opts.add_trackers]))
+
+    def tracker_urls(self, ti) -> list[str]:
+        """The trackers this run announces to: none with ``--no-trackers``."""
+        return self.announce_list(ti) if self.opts.trackers else []
+
     def save_torrent(self, ti) -> None:
+        """Save the metadata once, with the announce list, so ``seed`` can announce too."""
         if not self.state.torrent.is_file():
-            write_atomic(self.state.torrent, torrent_bytes(ti))
+            write_atomic(self.state.torrent, torrent_bytes(ti, self.announce_list(ti)))
 
     def build_atp(self, lt, unclean: bool):
         atp = self.src.atp
@@ -136,7 +150,8 @@ class _Job:
         if resumed is not None:
             if resumed.ti is None:
                 resumed.ti = atp.ti
-            resumed.trackers = list(atp.trackers)
+            # the selection is this run's: saved piece priorities would override its files
+            resumed.piece_priorities = []
             atp = resumed
         self.checked = resumed is None
         if atp.ti is not None:
@@ -144,8 +159,9 @@ class _Job:
             self.save_torrent(atp.ti)
         else:
             atp.flags |= lt.torrent_flags.default_dont_download
-        if not self.opts.trackers:
-            atp.trackers = []
+        # exactly these trackers from the first moment (the .torrent's own are in the list)
+        atp.trackers = self.tracker_urls(atp.ti)
+        atp.flags |= lt.torrent_flags.override_trackers
         atp.url_seeds = list(self.opts.webseeds)
         atp.save_path = str(self.dest)
         atp.storage_mode = lt.storage_mode_t.storage_mode_sparse
@@ -187,20 +203,29 @@ class _Job:
         finally:
             # an error's traceback keeps this job alive: drop the session (and close its
             # listening socket) now rather than whenever the exception is collected
-            close_session(self.ses)
+            close_session(self.ses, watch=self.watch)
             self.ses = self.h = None
 
     def start_session(self, lt, peers, unclean: bool) -> None:
-        listen_port(self.ses)
+        self.port = listen_port(self.ses)
         atp = self.build_atp(lt, unclean)
         self.h = self.ses.add_torrent(atp)
-        if not self.opts.trackers:
-            self.h.replace_trackers([])   # also drops the .torrent's own announce list
+        self.announce_start(lt)
         if self.opts.order == "model" and atp.ti is not None:
             self.reorder(self.h, atp.ti, force=True)
         self.dialed = False
         if atp.ti is None:   # a magnet needs peers for the metadata right away
             self.dial(peers)
+
+    def announce_start(self, lt) -> None:
+        """The info-hash, magnet and the port really listened on (another one when the asked
+        port was busy), as one ``status`` event."""
+        asked = listen_wanted(self.opts.net)
+        moved = f" ({asked} was busy)" if asked and asked != self.port else ""
+        magnet = lt.make_magnet_uri(self.h)
+        self.progress.event("status", state="starting", infohash=self.src.infohash, magnet=magnet,
+                            port=self.port, text=f"{self.src.infohash} listening on port "
+                                                 f"{self.port}{moved}")
 
     def dial(self, peers) -> None:
         for p in peers:
@@ -209,7 +234,7 @@ class _Job:
 
     def loop(self, lt, h, peers, stop: StopSignals) -> DownloadResult:
         opts, progress, ses = self.opts, self.progress, self.ses
-        last_status = last_resume = last_dial = time.monotonic()
+        last_status = last_resume = last_dial = last_diagnosis = last_dht = time.monotonic()
         last_done, last_progress_t = -1, time.monotonic()
         started_task = False
         if not h.status().has_metadata:
@@ -230,9 +255,7 @@ class _Job:
                          "files will be re-checked first")
             if stop.signum is not None:
                 self.stop_with_resume(lt, h)
-                where = (f"resume data saved to {self.state.resume}" if self.resume_error is None
-                         else self.saved_note())
-                raise Interrupted(f"interrupted; {where}",
+                raise Interrupted(f"interrupted; {self.saved_note()}",
                                   hint="run the same command again to continue")
             st = h.status()
             now = time.monotonic()
@@ -273,15 +296,27 @@ class _Job:
                 if h.need_save_resume_data():
                     h.save_resume_data(lt.save_resume_flags_t.flush_disk_cache
                                        | lt.save_resume_flags_t.save_info_dict)
-            if opts.timeout is not None and now - last_progress_t > opts.timeout:
+            idle = now - last_progress_t
+            if opts.net.dht and now - last_dht >= 5:
+                last_dht = now
+                ses.post_dht_stats()
+            if idle >= opts.diagnose_after and now - last_diagnosis >= opts.diagnose_after:
+                last_diagnosis = now
+                self.progress.event("warning", diagnosis=True,
+                                    message=f"no progress for {idle:.0f} s: {self.diagnosis(st)}")
+            if opts.timeout is not None and idle > opts.timeout:
                 self.stop_with_resume(lt, h)
                 pct = 100.0 * st.total_wanted_done / max(1, self.total(st))
                 what = ("metadata (no peer sent it)" if not st.has_metadata
                         else f"data at {pct:.1f} %")
                 raise DownloadFailed(
-                    f"stalled: no progress on {what} for {opts.timeout:g} s "
-                    f"({st.num_peers} peers, {st.num_seeds} seeds)", reason="stalled",
-                    hint="check --peer addresses / network; rerun to continue (resume data saved)")
+                    f"stalled: no progress on {what} for {opts.timeout:g} s ({self.diagnosis(st)})",
+                    reason="stalled", hint=f"check --peer/--tracker/--webseed addresses and the "
+                                           f"network; rerun to continue ({self.saved_note()})")
+
+    def diagnosis(self, st) -> str:
+        return self.watch.diagnosis(dht=self.opts.net.dht, peers=st.num_peers, seeds=st.num_seeds,
+                                    listen_port=self.port)
 
     def total(self, st) -> int:
         """Bytes wanted; in model order libtorrent's total_wanted only covers the lookahead."""
@@ -315,6 +350,11 @@ class _Job:
 
     def stop_with_resume(self, lt, h, timeout: float = 20.0) -> None:
         """Pause, write resume data atomically, and wait for it (best effort on timeout)."""
+        settle = time.monotonic() + STOP_TIMEOUT
+        while self.watch.busy() and time.monotonic() < settle:   # see SwarmWatch.busy
+            self.ses.wait_for_alert(50)
+            for a in self.ses.pop_alerts():
+                on_alert(self, lt, h, a)
         with contextlib.suppress(RuntimeError):
             h.pause()
         if not h.status().has_metadata:
@@ -333,9 +373,15 @@ class _Job:
             self.state.clear_running()
 
     def saved_note(self) -> str:
-        if self.resume_error is None:
-            return "saved resume data"
-        return f"could not save resume data ({self.resume_error}); the next run re-checks the files"
+        """What became of the resume data, true to the files on disk."""
+        if self.resume_error is not None:
+            return (f"could not save resume data ({self.resume_error}); the next run re-checks "
+                    "the files")
+        if self.resume_written and self.state.resume.is_file():
+            return f"resume data saved to {self.state.resume}"
+        if self.sel is None:
+            return "nothing to resume yet (the metadata had not arrived)"
+        return "no resume data saved; the next run re-checks the files"
 
     def finish(self, lt, h, st) -> DownloadResult:
         self.progress.done("download")

@@ -23,6 +23,7 @@ class DownloadOptions:
     peers: list[str] = field(default_factory=list)      # "HOST:PORT"
     webseeds: list[str] = field(default_factory=list)   # BEP 19 base URLs
     trackers: bool = True                # announce to the source's trackers
+    add_trackers: list[str] = field(default_factory=list)   # --tracker URL: announce here too
     listen: str | None = None            # "ADDR:PORT"; None = all interfaces, 6881
     dht: bool = True
     lsd: bool = True
@@ -37,6 +38,7 @@ class DownloadOptions:
     status_interval: float = 1.0
     model_lookahead: int | None = None   # --order model: bytes requested ahead (16 pieces)
     handle_signals: bool = True          # SIGINT/SIGTERM -> save resume data, Interrupted
+    diagnose_after: float = 60.0         # seconds without progress before a diagnosis line
 
     @property
     def net(self) -> NetOptions:

@@ -21,9 +21,11 @@ from grokfetch.torrent.session import (
     close_session,
     listen_port,
     make_session,
+    resolve_peer,
 )
-from grokfetch.torrent.source import STATE_DIR, infohash_of, load_torrent_file
+from grokfetch.torrent.source import STATE_DIR, announce_urls, infohash_of, load_torrent_file
 from grokfetch.torrent.state import StateFiles
+from grokfetch.torrent.swarm import SwarmWatch
 
 
 def find_torrent(folder: Path) -> Path:
@@ -74,7 +76,8 @@ class Seeder:
     def __init__(self, folder: Path | str, torrent: Path | str | None = None,
                  listen: tuple[str, int] | str = ("127.0.0.1", 0), *, net: NetOptions | None = None,
                  assume_complete: bool = False, upload_rate: int | None = None,
-                 trackers: list[str] | None = None):
+                 trackers: list[str] | None = None, announce: bool = True,
+                 webseeds: list[str] | None = None, progress: Progress = NULL_PROGRESS):
         self.folder = Path(folder).absolute()
         if not self.folder.is_dir():
             raise NotFoundError(self.folder, "folder to seed")
@@ -88,6 +91,9 @@ class Seeder:
                               base.max_download_rate, upload_rate or base.max_upload_rate)
         self.assume_complete = assume_complete
         self.trackers = list(trackers or [])
+        self.announce = announce
+        self.webseeds = list(webseeds or [])
+        self.watch = SwarmWatch(progress)
         self.session = self.handle = None
         self.port = 0
 
@@ -96,6 +102,7 @@ class Seeder:
         atp = None
         if not self.assume_complete and not state.running.exists() and not state.recheck.exists():
             atp = state.read_resume()
+        saved = list(atp.trackers) if atp is not None else []
         if atp is None:
             atp = lt.add_torrent_params()
             if self.assume_complete:
@@ -104,7 +111,13 @@ class Seeder:
                 atp.flags |= lt.torrent_flags.seed_mode
         atp.ti = self.ti
         atp.save_path = str(self.save_path)
-        atp.trackers = self.trackers   # added to the torrent's own announce list
+        # the torrent's own announce list, the download's (resume data) and the extra ones;
+        # override_trackers makes this the whole list (resume data sets the flag anyway)
+        urls = list(dict.fromkeys([*announce_urls(self.ti), *saved, *self.trackers]))
+        atp.trackers = urls if self.announce else []
+        atp.tracker_tiers = list(range(len(atp.trackers)))
+        atp.flags |= lt.torrent_flags.override_trackers
+        atp.url_seeds = self.webseeds
         clear_flags(atp)
         atp.flags |= lt.torrent_flags.upload_mode   # never download or write
         return atp
@@ -122,7 +135,7 @@ class Seeder:
 
     def close(self) -> None:
         if self.session is not None:
-            close_session(self.session)
+            close_session(self.session, watch=self.watch)
             self.session = self.handle = None
 
     def connect(self, host: str, port: int) -> None:
@@ -175,17 +188,32 @@ class SeedResult:
 
 def seed(folder: Path | str, torrent: Path | str | None = None, *, listen: str = "0.0.0.0:6881",
          net: NetOptions | None = None, for_seconds: float | None = None,
-         until_ratio: float | None = None, progress: Progress = NULL_PROGRESS) -> SeedResult:
-    """Serve ``folder`` until SIGINT/SIGTERM, ``for_seconds`` or an upload ``until_ratio``."""
+         until_ratio: float | None = None, peers: list[str] | None = None,
+         trackers: list[str] | None = None, announce: bool = True,
+         webseeds: list[str] | None = None, progress: Progress = NULL_PROGRESS) -> SeedResult:
+    """Serve ``folder`` until SIGINT/SIGTERM, ``for_seconds`` or an upload ``until_ratio``.
+
+    Announces to the saved torrent's trackers (the download's announce list), the preset's and
+    ``trackers``; none when ``announce`` is False. ``peers`` ("HOST:PORT") are dialled.
+    """
+    import libtorrent as lt
+
     start = time.monotonic()
-    trackers = _preset_trackers(folder, torrent)
-    with StopSignals() as stop, Seeder(folder, torrent, listen, net=net, trackers=trackers) as s:
+    extra = [*_preset_trackers(folder, torrent), *(trackers or [])]
+    dial = [resolve_peer(p) for p in peers or []]
+    with StopSignals() as stop, Seeder(folder, torrent, listen, net=net, trackers=extra,
+                                       announce=announce, webseeds=webseeds,
+                                       progress=progress) as s:
         progress.task("seed", None, f"seeding {s.ti.name()}")
         progress.event("status", text=f"seeding {s.ti.name()} on port {s.port}", port=s.port,
-                       infohash=s.infohash, state="seeding")
+                       infohash=s.infohash, magnet=lt.make_magnet_uri(s.ti), state="seeding")
+        for p in dial:
+            s.connect(*p)
         total = s.ti.total_size()
         peers_seen, why, last = 0, "signal", 0.0
         while True:
+            for a in s.session.pop_alerts():
+                s.watch.on_alert(lt, a)
             st = s.handle.status()
             peers_seen = max(peers_seen, st.num_peers)
             ratio = st.total_payload_upload / total if total else 0.0

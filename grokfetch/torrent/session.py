@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from grokfetch.errors import UsageError
+from grokfetch.torrent.swarm import SwarmWatch
 
 USER_AGENT = "grokfetch/0.1"
 DEFAULT_LISTEN = "0.0.0.0:6881,[::]:6881"
@@ -67,12 +68,19 @@ def listen_interfaces(listen: str | None) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def listen_wanted(net: NetOptions) -> int | None:
+    """The port ``--listen`` asks for (6881 by default); None for "any" (port 0)."""
+    if net.listen is None:
+        return int(DEFAULT_LISTEN.rsplit(":", 1)[1])
+    return parse_hostport(net.listen, "listen address")[1] or None
+
+
 def settings(net: NetOptions, **extra: Any) -> dict[str, Any]:
     """A settings dict for ``lt.session(...)``."""
     import libtorrent as lt
 
     cat = lt.alert_category
-    mask = cat.error | cat.status | cat.storage | cat.file_progress | cat.peer
+    mask = cat.error | cat.status | cat.storage | cat.file_progress | cat.peer | cat.tracker | cat.connect
     s: dict[str, Any] = {
         "listen_interfaces": listen_interfaces(net.listen),
         "enable_dht": net.dht, "enable_lsd": net.lsd,
@@ -128,15 +136,25 @@ def clear_flags(atp) -> None:
     atp.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
 
 
-def close_session(ses, timeout: float = 5.0) -> None:
-    """Pause ``ses`` and close its listening sockets now (waits up to ``timeout`` s).
+def close_session(ses, timeout: float = 5.0, watch: SwarmWatch | None = None) -> None:
+    """Pause ``ses``, let its trackers hear ``event=stopped`` (when ``watch`` saw them told
+    ``started``), and close its listening sockets now (waits up to ``timeout`` s).
 
     The Python binding has no ``session.abort()``: the session only goes when its last
     reference does, and an exception's traceback can keep one alive. Closing the sockets
-    frees the port (and stops peers connecting) deterministically either way.
+    frees the port (and stops peers connecting) deterministically either way; it also cuts
+    announces still in flight, hence the wait for the ``stopped`` ones first.
     """
+    import libtorrent as lt
+
+    if watch is not None:
+        with contextlib.suppress(Exception):
+            watch.settle(lt, ses)
     with contextlib.suppress(Exception):
         ses.pause()
+    if watch is not None:
+        with contextlib.suppress(Exception):
+            watch.wait_stopped(lt, ses)
     with contextlib.suppress(Exception):
         ses.apply_settings({"listen_interfaces": ""})   # applied on the network thread
         deadline = time.monotonic() + timeout

@@ -7,6 +7,7 @@ that file, so a rerun never waits for peers to serve metadata again.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -128,8 +129,16 @@ def resolve(source: str | Path | None, dest: Path) -> Source:
     return src
 
 
-def torrent_bytes(ti) -> bytes:
-    """Bencoded .torrent of a ``torrent_info`` (``write_torrent_file_buf`` crashes in 2.1.1).
+def announce_urls(ti) -> list[str]:
+    """The announce URLs a ``torrent_info`` carries (its own list, tiers in order)."""
+    with warnings.catch_warnings():   # torrent_info.trackers() is deprecated, not replaced
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return [t.url for t in sorted(ti.trackers(), key=lambda t: t.tier)]
+
+
+def torrent_bytes(ti, trackers: list[str] | None = None) -> bytes:
+    """Bencoded .torrent of a ``torrent_info`` (``write_torrent_file_buf`` crashes in 2.1.1),
+    announcing to ``trackers`` (one tier each, in order; default: the torrent's own list).
 
     v2/hybrid metadata received from peers has no piece layers yet; they are not needed to
     resume (libtorrent fetches them again), so their absence must not fail the save.
@@ -138,4 +147,6 @@ def torrent_bytes(ti) -> bytes:
 
     atp = lt.add_torrent_params()
     atp.ti = ti
+    urls = announce_urls(ti) if trackers is None else trackers
+    atp.trackers, atp.tracker_tiers = list(urls), list(range(len(urls)))
     return lt.bencode(lt.write_torrent_file(atp, lt.write_flags.allow_missing_piece_layer))
