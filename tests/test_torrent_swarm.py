@@ -5,7 +5,12 @@ counts every announce; the seeders are real libtorrent sessions (and aria2c wher
 
 from __future__ import annotations
 
+import filecmp
 import json
+import shutil
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -16,6 +21,7 @@ from tracker import LocalTracker
 from grokfetch.torrent.create import create_torrent
 from grokfetch.torrent.job import DownloadOptions, download
 from grokfetch.torrent.seed import Seeder
+from grokfetch.torrent.source import announce_urls
 
 lt = pytest.importorskip("libtorrent")
 
@@ -38,6 +44,11 @@ def tiny_torrent(tiny_ckpt, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def infohash(tiny_torrent) -> str:
     return str(lt.torrent_info(str(tiny_torrent)).info_hashes().v1)
+
+
+def same_tree(a: Path, b: Path) -> bool:
+    names = [p.relative_to(b) for p in b.rglob("*") if p.is_file()]
+    return bool(names) and all(filecmp.cmp(a / n, b / n, shallow=False) for n in names)
 
 
 def magnet_with(tiny_torrent: Path, *trackers: str) -> str:
@@ -90,3 +101,65 @@ def test_verify_after_a_layer_selection_checks_every_selected_byte(tmp_path, run
     unverified = {f["path"]: f["ranges"] for f in res["findings"] if f["kind"] == "unverified"}
     assert code == 1 and unverified["tokenizer.model"] == [[0, len(good)]]
     assert all(f["severity"] == "error" for f in res["findings"] if f["kind"] == "unverified")
+
+
+def test_download_folder_is_seeded_to_its_trackers_and_an_aria2c_leecher(tmp_path, tiny_ckpt):
+    """F2: the saved .torrent keeps the announce list and ``seed DIR`` announces to it; an
+    aria2c leecher that only knows the tracker gets the files. Old code: no announce at all.
+    Also F3: a finished download tells the tracker ``stopped``."""
+    with LocalTracker() as tr:
+        tfile = tmp_path / "t.torrent"
+        create_torrent(tiny_ckpt, tfile, piece_size=PIECE, trackers=[tr.url])
+        ih = str(lt.torrent_info(str(tfile)).info_hashes().v1)
+        first = tmp_path / "first"
+        with Seeder(tiny_ckpt, tfile, announce=False) as s:
+            r = download(tfile, first, net(peers=[f"127.0.0.1:{s.port}"]))
+        assert announce_urls(lt.torrent_info(str(r.torrent_path))) == [tr.url]
+        mine = [a for a in tr.seen(ih)]
+        assert {a.event for a in mine} >= {"started", "stopped"} and mine[-1].event == "stopped"
+        proc = subprocess.Popen([sys.executable, "-m", "grokfetch", "seed", str(first), "--listen",
+                                 "127.0.0.1:0", "--no-dht", "--no-lsd", "--no-upnp", "--no-utp",
+                                 "--for", "60", "--json"], stdout=subprocess.PIPE, text=True)
+        try:
+            port = next(ev["port"] for ev in map(json.loads, proc.stdout) if "port" in ev)
+            deadline = time.monotonic() + 20
+            while not [a for a in tr.seen(ih) if a.port == port] and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert [a for a in tr.seen(ih) if a.port == port and a.left == 0], tr.seen(ih)
+            if shutil.which("aria2c"):
+                leech = tmp_path / "aria"
+                got = subprocess.run(
+                    ["aria2c", "--enable-dht=false", "--enable-dht6=false", "--bt-enable-lpd=false",
+                     "--enable-peer-exchange=false", "--disable-ipv6=true", "--summary-interval=0",
+                     "--file-allocation=none", f"--dir={leech}", "--seed-time=0", "--quiet=true",
+                     "--bt-stop-timeout=30", str(r.torrent_path)], capture_output=True, text=True,
+                    timeout=60)
+                assert got.returncode == 0, got.stdout[-500:]
+                assert same_tree(leech / tiny_ckpt.name, tiny_ckpt)
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(20) == 0
+        finally:
+            proc.kill()
+            proc.wait()
+        assert [a for a in tr.seen(ih) if a.port == port and a.event == "stopped"]
+
+
+def test_no_trackers_announces_nothing_and_trackers_hear_stopped(tmp_path, tiny_ckpt):
+    """F3: ``--no-trackers`` sends nothing to the .torrent's own tracker (old code: a
+    ``started`` announce leaked before replace_trackers took effect, 2 of 3 runs); with trackers,
+    every run ends with ``stopped`` (old code: never, or by luck)."""
+    with LocalTracker() as tr:
+        tfile = tmp_path / "t.torrent"
+        create_torrent(tiny_ckpt, tfile, piece_size=PIECE, trackers=[tr.url])
+        ih = str(lt.torrent_info(str(tfile)).info_hashes().v1)
+        with Seeder(tiny_ckpt, tfile, announce=False) as s:
+            for k in range(3):
+                download(tfile, tmp_path / f"quiet{k}", net(peers=[f"127.0.0.1:{s.port}"],
+                                                            trackers=False))
+            time.sleep(0.5)
+            assert tr.seen(ih) == []
+            for k in range(3):
+                before = len(tr.seen(ih))
+                download(tfile, tmp_path / f"loud{k}", net(peers=[f"127.0.0.1:{s.port}"]))
+                events = [a.event for a in tr.seen(ih)[before:]]
+                assert events[0] == "started" and events[-1] == "stopped", events

@@ -43,7 +43,7 @@ from grokfetch.torrent.session import (
 )
 from grokfetch.torrent.source import Source, announce_urls, infohash_of, resolve, torrent_bytes
 from grokfetch.torrent.state import StateFiles
-from grokfetch.torrent.swarm import STOP_TIMEOUT, SwarmWatch
+from grokfetch.torrent.swarm import STOP_TIMEOUT, SwarmWatch, announcing
 
 __all__ = ["DownloadOptions", "DownloadResult", "download"]
 
@@ -351,7 +351,7 @@ class _Job:
     def stop_with_resume(self, lt, h, timeout: float = 20.0) -> None:
         """Pause, write resume data atomically, and wait for it (best effort on timeout)."""
         settle = time.monotonic() + STOP_TIMEOUT
-        while self.watch.busy() and time.monotonic() < settle:   # see SwarmWatch.busy
+        while announcing(h) and time.monotonic() < settle:
             self.ses.wait_for_alert(50)
             for a in self.ses.pop_alerts():
                 on_alert(self, lt, h, a)

@@ -16,6 +16,14 @@ from grokfetch.progress import NULL_PROGRESS, Progress
 STOP_TIMEOUT = 3.0   # seconds to wait for ``event=stopped`` announces at shutdown
 
 
+def announcing(h) -> bool:
+    """An announce of torrent ``h`` is on its way. Pausing now would lose the ``stopped`` one:
+    libtorrent skips a tracker whose last announce has not been answered (seen with the
+    ``completed`` announce that goes out as a download finishes)."""
+    return any(ih.get("updating") for t in h.trackers() for ep in t.get("endpoints", ())
+               for ih in ep.get("info_hashes", ()))
+
+
 @dataclass
 class TrackerState:
     """What one tracker URL has said so far."""
@@ -27,7 +35,6 @@ class TrackerState:
     error: str | None = None             # the last error, cleared by a reply
     owes_stop: bool = False              # told "started" (and answered): owes a "stopped"
     stopping: bool = False               # the "stopped" announce went out
-    in_flight: int = 0                   # announces sent, not yet answered
 
 
 @dataclass
@@ -55,13 +62,11 @@ class SwarmWatch:
         """Record ``a`` if it is about trackers, web seeds, DHT or outgoing peers."""
         if isinstance(a, lt.tracker_announce_alert):
             t = self.tracker(a.tracker_url())
-            t.in_flight += 1
             if a.event == lt.event_t.stopped:
                 t.stopping = True
         elif isinstance(a, lt.tracker_reply_alert):
             t = self.tracker(a.tracker_url())
             t.replies, t.peers, t.last_reply, t.error = t.replies + 1, a.num_peers, time.monotonic(), None
-            t.in_flight = max(0, t.in_flight - 1)
             t.owes_stop = not t.stopping
         elif isinstance(a, lt.tracker_error_alert):
             t = self.tracker(a.tracker_url())
@@ -69,7 +74,6 @@ class SwarmWatch:
             if a.status_code:
                 reason = f"HTTP {a.status_code}: {reason}"
             t.error = reason
-            t.in_flight = max(0, t.in_flight - 1)
             if t.stopping:
                 t.owes_stop = False
             self._warn("tracker", t.url, reason)
@@ -88,21 +92,16 @@ class SwarmWatch:
             return False
         return True
 
-    def busy(self) -> bool:
-        """An announce is on its way: pausing now would drop the ``stopped`` one (libtorrent
-        skips a tracker whose announce is in flight)."""
-        return any(t.in_flight for t in self.trackers.values())
-
     def owing(self) -> list[str]:
         return [t.url for t in self.trackers.values() if t.owes_stop]
 
     def settle(self, lt, ses, timeout: float = STOP_TIMEOUT) -> None:
-        """Read alerts until no announce is in flight (at most ``timeout`` s); for callers
-        that do not need the other alerts any more."""
+        """Read alerts until no torrent of ``ses`` has an announce in flight (at most
+        ``timeout`` s); for callers that do not need the other alerts any more."""
         deadline = time.monotonic() + timeout
         for a in ses.pop_alerts():
             self.on_alert(lt, a)
-        while self.busy() and time.monotonic() < deadline:
+        while any(map(announcing, ses.get_torrents())) and time.monotonic() < deadline:
             ses.wait_for_alert(50)
             for a in ses.pop_alerts():
                 self.on_alert(lt, a)
