@@ -6,11 +6,15 @@ counts every announce; the seeders are real libtorrent sessions (and aria2c wher
 from __future__ import annotations
 
 import filecmp
+import functools
+import http.server
 import json
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -18,6 +22,8 @@ from urllib.parse import quote
 import pytest
 from tracker import LocalTracker
 
+from grokfetch.errors import DownloadFailed
+from grokfetch.progress import RecordingProgress
 from grokfetch.torrent.create import create_torrent
 from grokfetch.torrent.job import DownloadOptions, download
 from grokfetch.torrent.seed import Seeder
@@ -163,3 +169,91 @@ def test_no_trackers_announces_nothing_and_trackers_hear_stopped(tmp_path, tiny_
                 download(tfile, tmp_path / f"loud{k}", net(peers=[f"127.0.0.1:{s.port}"]))
                 events = [a.event for a in tr.seen(ih)[before:]]
                 assert events[0] == "started" and events[-1] == "stopped", events
+
+
+def test_widening_and_narrowing_the_selection_on_rerun(tmp_path, tiny_ckpt, tiny_torrent):
+    """F4: the saved piece priorities no longer override the new selection. Old code: the
+    wider rerun stalled "at 100.0 %"."""
+    dest = tmp_path / "d"
+    with Seeder(tiny_ckpt, tiny_torrent) as s:
+        def run(layers: str | None):
+            return download(tiny_torrent, dest, net(peers=[f"127.0.0.1:{s.port}"], trackers=False,
+                                                    layers=layers, preset="tiny", timeout=15))
+
+        first = run("0-1")
+        wider = run("0-3")
+        everything = run(None)
+        narrower = run("0")
+    assert first.files < wider.files < everything.files and narrower.files < first.files
+    assert 0 < wider.downloaded < everything.bytes
+    assert 0 < everything.downloaded < everything.bytes - first.bytes + 4 * PIECE
+    assert narrower.downloaded == 0
+    assert same_tree(dest / tiny_ckpt.name, tiny_ckpt)
+
+
+def test_dead_webseed_and_failing_tracker_are_named_with_their_reason(tmp_path, tiny_torrent, infohash):
+    """F6/F7: web seed and tracker errors are reported (URL and reason), in warnings and in the
+    stall error. Old code: "stalled ... check --peer addresses" and nothing else."""
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    dead_url = f"http://127.0.0.1:{dead.getsockname()[1]}/"   # bound, never listening: refused
+    with LocalTracker(fail="torrent not registered") as tr, dead:
+        rec = RecordingProgress()
+        with pytest.raises(DownloadFailed) as e:
+            download(magnet_with(tiny_torrent, tr.url), tmp_path / "m", net(timeout=3), rec)
+        assert tr.url in str(e.value) and "torrent not registered" in str(e.value)
+        assert any(k == "warning" and tr.url in d["message"] and "torrent not registered" in d["message"]
+                   for k, d in rec.events)
+        rec = RecordingProgress()
+        with pytest.raises(DownloadFailed) as e:
+            download(tiny_torrent, tmp_path / "w", net(webseeds=[dead_url], trackers=False, timeout=4),
+                     rec)
+    msg = str(e.value)
+    assert dead_url in msg and "refused" in msg.lower(), msg
+    warned = [d for k, d in rec.events if k == "warning" and d.get("url") == dead_url]
+    assert len(warned) == 1 and "refused" in warned[0]["reason"].lower()
+
+
+def test_missing_webseed_file_is_reported_with_the_http_status(tmp_path, tiny_ckpt, tiny_torrent):
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"   # serves an empty folder: 404
+        with pytest.raises(DownloadFailed) as e:
+            download(tiny_torrent, tmp_path / "w", net(webseeds=[url], trackers=False, timeout=4))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert url in str(e.value) and "404" in str(e.value), str(e.value)
+
+
+def test_idle_diagnosis_and_an_honest_interrupt(tmp_path, tiny_torrent, infohash):
+    """F7 / diagnosis: nothing happening -> one line on trackers, DHT, peers and the port; an
+    interrupt before the metadata arrived does not claim saved resume data (old code did)."""
+    with LocalTracker() as tr:
+        rec = RecordingProgress()
+        with pytest.raises(DownloadFailed):
+            download(magnet_with(tiny_torrent, tr.url), tmp_path / "m",
+                     net(timeout=3.5, diagnose_after=1.0), rec)
+        lines = [d["message"] for k, d in rec.events if k == "warning" and d.get("diagnosis")]
+        assert lines and f"tracker {tr.url}: 0 peers" in lines[-1]
+        assert "peers: 0 tried, 0 connected" in lines[-1] and "listening on port" in lines[-1]
+        starting = next(d for k, d in rec.events if k == "status" and d.get("state") == "starting")
+        assert starting["infohash"] == infohash and starting["magnet"].startswith("magnet:?")
+        before = len(tr.seen(infohash))
+        proc = subprocess.Popen([sys.executable, "-m", "grokfetch", "download",
+                                 magnet_with(tiny_torrent, tr.url), "--dir", str(tmp_path / "i"),
+                                 "--listen", "127.0.0.1:0", "--no-dht", "--no-lsd", "--no-upnp",
+                                 "--no-utp"], stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 20   # it runs (and handles signals) once it announces
+            while len(tr.seen(infohash)) == before and time.monotonic() < deadline:
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGINT)
+            err = proc.communicate(timeout=30)[1]
+        finally:
+            proc.kill()
+    assert proc.returncode == 130, err
+    resume = tmp_path / "i" / ".grokfetch" / f"{infohash}.resume"
+    assert not resume.exists() and "resume data saved" not in err and "metadata" in err, err

@@ -190,9 +190,10 @@ class _Job:
         if opts.order == "model":
             extra["initial_picker_threshold"] = 0   # no random first pieces
         self.ses = make_session(opts.net, **extra)
+        self.watch.add_webseeds(opts.webseeds)
         try:
-            self.start_session(lt, peers, unclean)
             with StopSignals(opts.handle_signals) as stop:
+                self.start_session(lt, peers, unclean)
                 result = self.loop(lt, self.h, peers, stop)
             self.state.clear_recheck()
             self.state.clear_running()

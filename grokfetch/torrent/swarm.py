@@ -8,8 +8,10 @@ every tracker that was told ``started`` to be told ``stopped``.
 
 from __future__ import annotations
 
+import socket
 import time
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from grokfetch.progress import NULL_PROGRESS, Progress
 
@@ -48,6 +50,20 @@ class SwarmWatch:
     incoming: int = 0
     dht_nodes: int | None = None
     said: set[tuple[str, str]] = field(default_factory=set)
+    webseed_at: dict[tuple[str, int], str] = field(default_factory=dict)   # (ip, port) -> URL
+
+    def add_webseeds(self, urls: list[str]) -> None:
+        """Know the web seeds' addresses: a refused or timed-out connection to one arrives as
+        a peer disconnect, not as a web seed alert."""
+        for url in urls:
+            parts = urlsplit(url)
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            try:
+                ips = {ai[4][0] for ai in socket.getaddrinfo(parts.hostname or "", port)}
+            except (OSError, UnicodeError):
+                ips = set()
+            for ip in ips:
+                self.webseed_at[(ip, port)] = url
 
     def _warn(self, what: str, url: str, reason: str) -> None:
         if (url, reason) not in self.said:
@@ -71,7 +87,7 @@ class SwarmWatch:
         elif isinstance(a, lt.tracker_error_alert):
             t = self.tracker(a.tracker_url())
             reason = a.failure_reason() or a.error.message() or "error"
-            if a.status_code:
+            if a.status_code > 0:
                 reason = f"HTTP {a.status_code}: {reason}"
             t.error = reason
             if t.stopping:
@@ -86,8 +102,14 @@ class SwarmWatch:
             self.dht_nodes = sum(b["num_nodes"] for b in a.routing_table)
         elif isinstance(a, lt.incoming_connection_alert):
             self.incoming += 1
-        elif isinstance(a, lt.peer_connect_alert):
-            self.peers_tried.add(f"{a.ip[0]}:{a.ip[1]}" if isinstance(a.ip, tuple) else str(a.ip))
+        elif isinstance(a, lt.peer_connect_alert | lt.peer_disconnected_alert):
+            ep = (str(a.ip[0]), int(a.ip[1])) if isinstance(a.ip, tuple) else (str(a.ip), 0)
+            url = self.webseed_at.get(ep)
+            if url is None:
+                self.peers_tried.add(f"{ep[0]}:{ep[1]}")
+            elif isinstance(a, lt.peer_disconnected_alert) and a.error.value():
+                self.webseed_errors[url] = a.error.message()
+                self._warn("web seed", url, a.error.message())
         else:
             return False
         return True
