@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from urllib.parse import quote
 
@@ -27,7 +28,6 @@ from grokfetch.progress import RecordingProgress
 from grokfetch.torrent.create import create_torrent
 from grokfetch.torrent.job import DownloadOptions, download
 from grokfetch.torrent.seed import Seeder
-from grokfetch.torrent.source import announce_urls
 
 lt = pytest.importorskip("libtorrent")
 
@@ -109,7 +109,8 @@ def test_verify_after_a_layer_selection_checks_every_selected_byte(tmp_path, run
     assert all(f["severity"] == "error" for f in res["findings"] if f["kind"] == "unverified")
 
 
-def test_download_folder_is_seeded_to_its_trackers_and_an_aria2c_leecher(tmp_path, tiny_ckpt):
+def test_download_folder_is_seeded_to_its_trackers_and_an_aria2c_leecher(tmp_path, tiny_ckpt,
+                                                                        tiny_torrent):
     """F2: the saved .torrent keeps the announce list and ``seed DIR`` announces to it; an
     aria2c leecher that only knows the tracker gets the files. Old code: no announce at all.
     Also F3: a finished download tells the tracker ``stopped``."""
@@ -118,9 +119,11 @@ def test_download_folder_is_seeded_to_its_trackers_and_an_aria2c_leecher(tmp_pat
         create_torrent(tiny_ckpt, tfile, piece_size=PIECE, trackers=[tr.url])
         ih = str(lt.torrent_info(str(tfile)).info_hashes().v1)
         first = tmp_path / "first"
-        with Seeder(tiny_ckpt, tfile, announce=False) as s:
+        with Seeder(tiny_ckpt, tiny_torrent) as s:   # the same info-hash, no announce list
             r = download(tfile, first, net(peers=[f"127.0.0.1:{s.port}"]))
-        assert announce_urls(lt.torrent_info(str(r.torrent_path))) == [tr.url]
+        with warnings.catch_warnings():   # torrent_info.trackers() is deprecated, not replaced
+            warnings.simplefilter("ignore", DeprecationWarning)
+            assert [t.url for t in lt.torrent_info(str(r.torrent_path)).trackers()] == [tr.url]
         mine = [a for a in tr.seen(ih)]
         assert {a.event for a in mine} >= {"started", "stopped"} and mine[-1].event == "stopped"
         proc = subprocess.Popen([sys.executable, "-m", "grokfetch", "seed", str(first), "--listen",
@@ -150,7 +153,7 @@ def test_download_folder_is_seeded_to_its_trackers_and_an_aria2c_leecher(tmp_pat
         assert [a for a in tr.seen(ih) if a.port == port and a.event == "stopped"]
 
 
-def test_no_trackers_announces_nothing_and_trackers_hear_stopped(tmp_path, tiny_ckpt):
+def test_no_trackers_announces_nothing_and_trackers_hear_stopped(tmp_path, tiny_ckpt, tiny_torrent):
     """F3: ``--no-trackers`` sends nothing to the .torrent's own tracker (old code: a
     ``started`` announce leaked before replace_trackers took effect, 2 of 3 runs); with trackers,
     every run ends with ``stopped`` (old code: never, or by luck)."""
@@ -158,7 +161,7 @@ def test_no_trackers_announces_nothing_and_trackers_hear_stopped(tmp_path, tiny_
         tfile = tmp_path / "t.torrent"
         create_torrent(tiny_ckpt, tfile, piece_size=PIECE, trackers=[tr.url])
         ih = str(lt.torrent_info(str(tfile)).info_hashes().v1)
-        with Seeder(tiny_ckpt, tfile, announce=False) as s:
+        with Seeder(tiny_ckpt, tiny_torrent) as s:   # the same info-hash, no announce list
             for k in range(3):
                 download(tfile, tmp_path / f"quiet{k}", net(peers=[f"127.0.0.1:{s.port}"],
                                                             trackers=False))
@@ -228,9 +231,9 @@ def test_missing_webseed_file_is_reported_with_the_http_status(tmp_path, tiny_ck
     assert url in str(e.value) and "404" in str(e.value), str(e.value)
 
 
-def test_idle_diagnosis_and_an_honest_interrupt(tmp_path, tiny_torrent, infohash):
-    """F7 / diagnosis: nothing happening -> one line on trackers, DHT, peers and the port; an
-    interrupt before the metadata arrived does not claim saved resume data (old code did)."""
+def test_idle_diagnosis_and_start_line(tmp_path, tiny_torrent, infohash):
+    """Nothing happening -> one line on trackers, DHT, peers and the port; the start event
+    names the info-hash, the magnet and the port really listened on."""
     with LocalTracker() as tr:
         rec = RecordingProgress()
         with pytest.raises(DownloadFailed):
@@ -241,6 +244,12 @@ def test_idle_diagnosis_and_an_honest_interrupt(tmp_path, tiny_torrent, infohash
         assert "peers: 0 tried, 0 connected" in lines[-1] and "listening on port" in lines[-1]
         starting = next(d for k, d in rec.events if k == "status" and d.get("state") == "starting")
         assert starting["infohash"] == infohash and starting["magnet"].startswith("magnet:?")
+        assert starting["port"] == int(lines[-1].split("listening on port ")[1].split(";")[0])
+
+
+def test_interrupt_before_metadata_claims_no_resume_data(tmp_path, tiny_torrent, infohash):
+    """F7: Ctrl-C before the metadata arrived. Old code: "resume data saved to …" and no file."""
+    with LocalTracker() as tr:
         before = len(tr.seen(infohash))
         proc = subprocess.Popen([sys.executable, "-m", "grokfetch", "download",
                                  magnet_with(tiny_torrent, tr.url), "--dir", str(tmp_path / "i"),
