@@ -39,11 +39,10 @@ def on_alert(job: _Job, lt, h, a) -> None:
             job.file_error = a.message()
     elif isinstance(a, lt.file_completed_alert):
         idx = int(a.index)
-        if job.sel is not None and idx < len(job.done_files) and job.sel.wanted[idx]:
+        if job.sel is not None and idx < len(job.sel.wanted) and job.sel.wanted[idx]:
             ti = h.torrent_file()
             job.progress.event("file_done", index=idx, file=ti.layout().file_path(idx))
-            if job.opts.order == "model":
-                job.reorder(h, ti)
+            job.reorder(h)
     elif isinstance(a, lt.save_resume_data_alert):
         job.saved_have = list(a.params.have_pieces)
         try:
@@ -62,7 +61,7 @@ def status_event(job: _Job, lt, h, st) -> None:
     """One ``status`` progress event: state, percent, rates, ETA, peers, files in flight."""
     names = {v: k for k, v in lt.torrent_status.states.names.items()}
     rate = st.download_payload_rate
-    total = job.total(st)
+    total = st.total_wanted
     left = max(0, total - st.total_wanted_done)
     eta = round(left / rate) if rate > 0 else None
     in_flight: list[str] = []
@@ -77,7 +76,10 @@ def status_event(job: _Job, lt, h, st) -> None:
             + (f" | {', '.join(in_flight[:3])}" if in_flight else ""))
     if not st.has_metadata and st.num_peers == 0:
         text = "waiting for metadata (no peers yet)"
+    if st.has_metadata:
+        job.count_sources(lt, h)
     job.progress.event("status", state=state, done=st.total_wanted_done,
                        total=total, rate=rate, upload_rate=st.upload_payload_rate,
                        eta=eta, peers=st.num_peers, seeds=st.num_seeds,
-                       hash_failures=job.hash_failures, files_in_flight=in_flight, text=text)
+                       hash_failures=job.hash_failures, files_in_flight=in_flight,
+                       received=job.received, text=text)

@@ -32,6 +32,7 @@ from grokfetch.torrent.layout import (
     pieces_of,
 )
 from grokfetch.torrent.options import DownloadOptions, DownloadResult
+from grokfetch.torrent.order import ModelOrder
 from grokfetch.torrent.session import (
     StopSignals,
     clear_flags,
@@ -39,6 +40,7 @@ from grokfetch.torrent.session import (
     listen_port,
     listen_wanted,
     make_session,
+    pex_flags,
     resolve_peer,
 )
 from grokfetch.torrent.source import Source, announce_urls, infohash_of, resolve, torrent_bytes
@@ -65,13 +67,14 @@ class _Job:
         self.banned: list[str] = []
         self.file_error: str | None = None
         self.sel: selection.Selection | None = None
-        self.done_files: list[bool] = []
+        self.model: ModelOrder | None = None   # --order model, once the files are known
         self.checked = False
         self.resume_pending = 0
         self.resume_error: str | None = None
         self.saved_have: list[bool] = []
         self.ses = self.h = None   # the libtorrent session and torrent handle while running
         self.watch = SwarmWatch(progress)
+        self.by_peer: dict[str, tuple[bool, int]] = {}   # "ip:port" -> (web seed?, bytes received)
         self.resume_written = False   # resume data reached the disk in this run
         self.start = time.monotonic()
 
@@ -103,31 +106,16 @@ class _Job:
         free = free_bytes(self.dest)
         if remaining > free and not self.opts.force:
             raise InsufficientSpaceError(self.dest, remaining, free)
-        self.done_files = [False] * len(paths)
-        self.sizes = [fs.file_size(i) for i in range(len(paths))]
         self.wanted_pieces = pieces_of(ti, [i for i, w in enumerate(self.sel.wanted) if w])
-        self.ranges = [piece_range(ti, i) for i in range(len(paths))]
+        if self.opts.order == "model":
+            self.model = ModelOrder(self.sel, [piece_range(ti, i) for i in range(len(paths))],
+                                    ti.piece_length(), ti.num_pieces())
         return selection.base_priorities(self.sel)
 
-    def model_priorities(self, ti) -> list[int]:
-        """Model-order *piece* priorities: steps of about 4 pieces, a lookahead of 16."""
-        wanted = [i for i, w in enumerate(self.sel.wanted) if w]
-        avg = sum(self.sizes[i] for i in wanted) / max(1, len(wanted))
-        window = max(1, int(4 * ti.piece_length() // max(1, avg)))
-        lookahead = self.opts.model_lookahead or 16 * ti.piece_length()
-        prios = selection.model_order_priorities(self.sel, self.done_files, self.sizes, window,
-                                                 lookahead)
-        return selection.piece_priorities(prios, self.ranges, ti.num_pieces())
-
-    def reorder(self, h, ti, force: bool = False) -> None:
-        """Re-apply model-order priorities when the set of finished files changed."""
-        import libtorrent as lt
-
-        fp = h.file_progress(flags=lt.file_progress_flags_t.piece_granularity)
-        done = [fp[i] >= self.sizes[i] for i in range(len(self.sizes))]
-        if done != self.done_files or force:
-            self.done_files = done
-            h.prioritize_pieces(self.model_priorities(ti))
+    def reorder(self, h, force: bool = False) -> None:
+        """Keep model-order piece priorities up to date (no-op in the other orders)."""
+        if self.model is not None:
+            self.model.apply(h, h.status(), force)
 
     def announce_list(self, ti) -> list[str]:
         """The source's trackers, the torrent's own and the ``--tracker`` ones."""
@@ -163,6 +151,7 @@ class _Job:
         atp.trackers = self.tracker_urls(atp.ti)
         atp.flags |= lt.torrent_flags.override_trackers
         atp.url_seeds = list(self.opts.webseeds)
+        pex_flags(atp, self.opts.net)
         atp.save_path = str(self.dest)
         atp.storage_mode = lt.storage_mode_t.storage_mode_sparse
         clear_flags(atp)
@@ -212,8 +201,7 @@ class _Job:
         atp = self.build_atp(lt, unclean)
         self.h = self.ses.add_torrent(atp)
         self.announce_start(lt)
-        if self.opts.order == "model" and atp.ti is not None:
-            self.reorder(self.h, atp.ti, force=True)
+        self.reorder(self.h, force=True)
         self.dialed = False
         if atp.ti is None:   # a magnet needs peers for the metadata right away
             self.dial(peers)
@@ -263,7 +251,7 @@ class _Job:
             if st.has_metadata and self.sel is None:
                 self.on_metadata(h)   # the alert was not seen (yet)
             if st.has_metadata and not started_task:
-                progress.task("download", self.total(st), f"downloading {st.name}")
+                progress.task("download", st.total_wanted, f"downloading {st.name}")
                 started_task = True
             checking = st.state in (lt.torrent_status.checking_files,
                                     lt.torrent_status.checking_resume_data,
@@ -273,16 +261,18 @@ class _Job:
             if st.total_done != last_done or checking:
                 last_done, last_progress_t = st.total_done, now
             if started_task:
-                progress.update("download", completed=st.total_wanted_done, total=self.total(st))
+                progress.update("download", completed=st.total_wanted_done, total=st.total_wanted)
             if not checking and st.has_metadata and self.complete(h, st):
-                return self.finish(lt, h, st)
+                result = self.finish(lt, h, st)
+                self.keep_seeding(lt, h, stop, result)
+                return result
             if self.boost_until is not None and now > self.boost_until:
                 self.boost_until = None
                 ses.apply_settings({"min_reconnect_time": self.reconnect_time})
             if now - last_status >= opts.status_interval:
                 last_status = now
-                if opts.order == "model" and st.has_metadata and not checking:
-                    self.reorder(h, h.torrent_file())   # in case a file_completed alert was lost
+                if not checking:
+                    self.reorder(h)
                 status_event(self, lt, h, st)
             if peers and not self.dialed and not checking and st.has_metadata:
                 # only once priorities are in force: a torrent that looks finished says
@@ -307,7 +297,7 @@ class _Job:
                                     message=f"no progress for {idle:.0f} s: {self.diagnosis(st)}")
             if opts.timeout is not None and idle > opts.timeout:
                 self.stop_with_resume(lt, h)
-                pct = 100.0 * st.total_wanted_done / max(1, self.total(st))
+                pct = 100.0 * st.total_wanted_done / max(1, st.total_wanted)
                 what = ("metadata (no peer sent it)" if not st.has_metadata
                         else f"data at {pct:.1f} %")
                 raise DownloadFailed(
@@ -315,22 +305,29 @@ class _Job:
                     reason="stalled", hint=f"check --peer/--tracker/--webseed addresses and the "
                                            f"network; rerun to continue ({self.saved_note()})")
 
+    @property
+    def received(self) -> dict[str, int]:
+        """Payload bytes received in this run from BitTorrent peers and from web seeds."""
+        web = sum(n for is_web, n in self.by_peer.values() if is_web)
+        return {"peers": sum(n for _, n in self.by_peer.values()) - web, "web_seeds": web}
+
+    def count_sources(self, lt, h) -> None:
+        """Fold the connected peers' byte counters into :attr:`received`."""
+        web_kinds = (lt.peer_info.web_seed, lt.peer_info.http_seed)
+        for p in h.get_peer_info():
+            key = f"{p.ip[0]}:{p.ip[1]}"
+            self.by_peer[key] = (p.connection_type in web_kinds,
+                                 max(p.total_download, self.by_peer.get(key, (False, 0))[1]))
+
     def diagnosis(self, st) -> str:
         return self.watch.diagnosis(dht=self.opts.net.dht, peers=st.num_peers, seeds=st.num_seeds,
                                     listen_port=self.port)
-
-    def total(self, st) -> int:
-        """Bytes wanted; in model order libtorrent's total_wanted only covers the lookahead."""
-        if self.opts.order == "model" and self.sel is not None:
-            return sum(n for n, w in zip(self.sizes, self.sel.wanted, strict=True) if w)
-        return st.total_wanted
 
     def complete(self, h, st) -> bool:
         """Every piece of the selected files is marked have; libtorrent sets that bit only
         after the piece's SHA-1 matched (on arrival, or during the file check)."""
         if st.total_wanted == 0 or st.total_wanted_done < st.total_wanted:
-            if self.opts.order != "model":   # model order defers files: wanted < selected
-                return False
+            return False
         pieces = st.pieces
         return all(pieces[i] for i in self.wanted_pieces)
 
@@ -341,8 +338,7 @@ class _Job:
             raise DownloadFailed("peer sent metadata for another torrent", reason="metadata")
         self.save_torrent(ti)
         h.prioritize_files(self.plan(ti))
-        if self.opts.order == "model":
-            self.reorder(h, ti, force=True)
+        self.reorder(h, force=True)
         # dial the peers that were dropped while the torrent looked finished again at once
         self.ses.apply_settings({"min_reconnect_time": 1})
         self.boost_until = time.monotonic() + RECONNECT_BOOST
@@ -384,8 +380,36 @@ class _Job:
             return "nothing to resume yet (the metadata had not arrived)"
         return "no resume data saved; the next run re-checks the files"
 
+    def keep_seeding(self, lt, h, stop: StopSignals, result: DownloadResult) -> None:
+        """``--seed-ratio`` / ``--seed-time``: serve the finished files before returning, until
+        this run uploaded ``ratio`` x the selected bytes, the time is up, or a signal."""
+        o = self.opts
+        if o.seed_ratio is None and o.seed_time is None:
+            return
+        h.resume()
+        start = last = time.monotonic()
+        self.progress.task("seed", None, f"seeding {result.name}")
+        while stop.signum is None:
+            self.ses.wait_for_alert(200)
+            for a in self.ses.pop_alerts():
+                on_alert(self, lt, h, a)
+            st, now = h.status(), time.monotonic()
+            ratio = st.total_payload_upload / max(1, result.bytes)
+            if now - last >= o.status_interval:
+                last = now
+                self.progress.event("status", state="seeding", peers=st.num_peers,
+                                    uploaded=st.total_payload_upload, ratio=round(ratio, 3),
+                                    text=f"seeding: {st.num_peers} peers, ratio {ratio:.2f}")
+            if (o.seed_ratio is not None and ratio >= o.seed_ratio) or \
+                    (o.seed_time is not None and now - start >= o.seed_time):
+                break
+        self.progress.done("seed")
+        result.uploaded, result.seeded = st.total_payload_upload, time.monotonic() - start
+        self.stop_with_resume(lt, h)
+
     def finish(self, lt, h, st) -> DownloadResult:
         self.progress.done("download")
+        self.count_sources(lt, h)
         # the last piece may still be in flight to the disk: save until the resume data agrees
         deadline = time.monotonic() + FINISH_RESUME_TIMEOUT
         while True:
@@ -410,7 +434,8 @@ class _Job:
             wanted_pieces=len(self.wanted_pieces), num_pieces=ti.num_pieces(),
             downloaded=st.total_payload_download, hash_failures=self.hash_failures,
             banned_peers=list(self.banned), checked=self.checked,
-            elapsed=time.monotonic() - self.start)
+            elapsed=time.monotonic() - self.start, from_peers=self.received["peers"],
+            from_webseeds=self.received["web_seeds"])
 
 
 def download(source: str | Path | None, dest: str | Path, options: DownloadOptions | None = None,

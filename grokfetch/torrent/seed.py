@@ -7,6 +7,7 @@ folder (holding ``<torrent name>/`` and ``.grokfetch/``) or the content folder i
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from grokfetch.torrent.session import (
     close_session,
     listen_port,
     make_session,
+    pex_flags,
     resolve_peer,
 )
 from grokfetch.torrent.source import STATE_DIR, announce_urls, infohash_of, load_torrent_file
@@ -87,8 +89,8 @@ class Seeder:
         self.save_path = save_path_for(self.folder, self.ti)
         listen_s = listen if isinstance(listen, str) else f"{listen[0]}:{listen[1]}"
         base = net or NetOptions(dht=False, lsd=False, upnp=False, utp=False)
-        self.net = NetOptions(listen_s, base.dht, base.lsd, base.upnp, base.utp,
-                              base.max_download_rate, upload_rate or base.max_upload_rate)
+        self.net = dataclasses.replace(base, listen=listen_s,
+                                       max_upload_rate=upload_rate or base.max_upload_rate)
         self.assume_complete = assume_complete
         self.trackers = list(trackers or [])
         self.announce = announce
@@ -118,6 +120,7 @@ class Seeder:
         atp.tracker_tiers = list(range(len(atp.trackers)))
         atp.flags |= lt.torrent_flags.override_trackers
         atp.url_seeds = self.webseeds
+        pex_flags(atp, self.net)
         clear_flags(atp)
         atp.flags |= lt.torrent_flags.upload_mode   # never download or write
         return atp

@@ -131,9 +131,16 @@ def resolve(source: str | Path | None, dest: Path) -> Source:
 
 def announce_urls(ti) -> list[str]:
     """The announce URLs a ``torrent_info`` carries (its own list, tiers in order)."""
-    with warnings.catch_warnings():   # torrent_info.trackers() is deprecated, not replaced
+    with warnings.catch_warnings():   # trackers() is deprecated in the bindings, not replaced
         warnings.simplefilter("ignore", DeprecationWarning)
         return [t.url for t in sorted(ti.trackers(), key=lambda t: t.tier)]
+
+
+def web_seed_urls(ti) -> list[str]:
+    """The web seed URLs a ``torrent_info`` carries."""
+    with warnings.catch_warnings():   # web_seeds() likewise
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return [w.url for w in ti.web_seeds()]
 
 
 def torrent_bytes(ti, trackers: list[str] | None = None) -> bytes:
