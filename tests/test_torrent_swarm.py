@@ -266,3 +266,65 @@ def test_interrupt_before_metadata_claims_no_resume_data(tmp_path, tiny_torrent,
     assert proc.returncode == 130, err
     resume = tmp_path / "i" / ".grokfetch" / f"{infohash}.resume"
     assert not resume.exists() and "resume data saved" not in err and "metadata" in err, err
+
+
+def test_torrent_show_of_a_file_and_of_a_download_folder(tmp_path, run_cli, tiny_ckpt, tiny_torrent):
+    tfile = tmp_path / "t.torrent"
+    create_torrent(tiny_ckpt, tfile, piece_size=PIECE, trackers=["http://127.0.0.1:1/announce"],
+                   webseeds=["http://127.0.0.1:2/"])
+    code, out, err = run_cli(["torrent", "show", tfile, "--json"])
+    assert code == 0, err
+    got = json.loads(out.splitlines()[-1])
+    ti = lt.torrent_info(str(tfile))
+    fs = ti.layout()
+    assert got["infohash"] == str(ti.info_hashes().v1) and got["piece_size"] == PIECE
+    assert got["trackers"] == ["http://127.0.0.1:1/announce"] and got["webseeds"] == ["http://127.0.0.1:2/"]
+    assert [(f["path"], f["size"]) for f in got["files"]] == [(fs.file_path(i), fs.file_size(i))
+                                                              for i in range(fs.num_files())]
+    assert lt.parse_magnet_uri(got["magnet"]).info_hashes.v1 == ti.info_hashes().v1
+    with Seeder(tiny_ckpt, tiny_torrent) as s:
+        download(tfile, tmp_path / "d", net(peers=[f"127.0.0.1:{s.port}"], trackers=False,
+                                            include=["*.json"]))
+    code, out, _ = run_cli(["torrent", "show", tmp_path / "d"])
+    assert code == 0 and got["magnet"].split("&")[0] in out and "http://127.0.0.1:1/announce" in out
+    code, _, err = run_cli(["torrent", "show", tmp_path / "nothing"])
+    assert code == 2 and "not found" in err
+
+
+def test_seed_ratio_keeps_serving_after_completion(tmp_path, tiny_ckpt, tiny_torrent):
+    """``download --seed-ratio 1``: the finished download serves a second leecher, then exits."""
+    with Seeder(tiny_ckpt, tiny_torrent) as s:
+        proc = subprocess.Popen([sys.executable, "-m", "grokfetch", "download", str(tiny_torrent),
+                                 "--dir", str(tmp_path / "a"), "--peer", f"127.0.0.1:{s.port}",
+                                 "--listen", "127.0.0.1:0", "--no-dht", "--no-lsd", "--no-upnp",
+                                 "--no-utp", "--no-trackers", "--seed-ratio", "1.0", "--timeout",
+                                 "30", "--json"], stdout=subprocess.PIPE, text=True)
+        try:
+            events = map(json.loads, proc.stdout)
+            port = next(ev["port"] for ev in events if "port" in ev)
+            next(ev for ev in events if ev.get("state") == "seeding")   # a finished, seeding "a"
+            s.close()   # from now on only "a" has the data
+            r = download(tiny_torrent, tmp_path / "b", net(peers=[f"127.0.0.1:{port}"],
+                                                           trackers=False))
+            res = json.loads(list(proc.stdout)[-1])
+            assert proc.wait(30) == 0
+        finally:
+            proc.kill()
+            proc.wait()
+    assert r.downloaded >= r.bytes and res["uploaded"] >= res["bytes"] and res["seeded"] > 0
+    assert same_tree(tmp_path / "b" / tiny_ckpt.name, tiny_ckpt)
+
+
+def test_encryption_policy_is_enforced(tmp_path, tiny_ckpt, tiny_torrent):
+    """``--encryption required`` talks to a seeder that requires it; ``disabled`` cannot."""
+    from grokfetch.torrent.session import NetOptions
+
+    forced = NetOptions(dht=False, lsd=False, upnp=False, utp=False, encryption="required")
+    with Seeder(tiny_ckpt, tiny_torrent, net=forced) as s:
+        ok = download(tiny_torrent, tmp_path / "rc4", net(peers=[f"127.0.0.1:{s.port}"],
+                                                         trackers=False, encryption="required"))
+        assert ok.wanted_pieces == ok.num_pieces
+        with pytest.raises(DownloadFailed):
+            download(tiny_torrent, tmp_path / "plain", net(peers=[f"127.0.0.1:{s.port}"],
+                                                           trackers=False, encryption="disabled",
+                                                           timeout=4))

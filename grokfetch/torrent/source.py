@@ -140,7 +140,7 @@ def web_seed_urls(ti) -> list[str]:
     """The web seed URLs a ``torrent_info`` carries."""
     with warnings.catch_warnings():   # web_seeds() likewise
         warnings.simplefilter("ignore", DeprecationWarning)
-        return [w.url for w in ti.web_seeds()]
+        return [w["url"] for w in ti.web_seeds()]
 
 
 def torrent_bytes(ti, trackers: list[str] | None = None) -> bytes:
