@@ -5,7 +5,6 @@ counts every announce; the seeders are real libtorrent sessions (and aria2c wher
 
 from __future__ import annotations
 
-import filecmp
 import functools
 import http.server
 import json
@@ -21,6 +20,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+import test_download
+from test_download import PIECE, same_tree
 from tracker import LocalTracker
 
 from grokfetch.errors import DownloadFailed
@@ -31,8 +32,6 @@ from grokfetch.torrent.seed import Seeder
 
 lt = pytest.importorskip("libtorrent")
 
-PIECE = 64 * 1024
-
 
 def net(**kw) -> DownloadOptions:
     """Options for a private loopback swarm that still uses trackers."""
@@ -40,21 +39,12 @@ def net(**kw) -> DownloadOptions:
     return DownloadOptions(listen="127.0.0.1:0", dht=False, lsd=False, upnp=False, utp=False, **kw)
 
 
-@pytest.fixture(scope="module")
-def tiny_torrent(tiny_ckpt, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("torrent") / "tiny.torrent"
-    create_torrent(tiny_ckpt, out, piece_size=PIECE)
-    return out
+tiny_torrent = test_download.tiny_torrent   # the same module-scoped fixture
 
 
 @pytest.fixture(scope="module")
 def infohash(tiny_torrent) -> str:
     return str(lt.torrent_info(str(tiny_torrent)).info_hashes().v1)
-
-
-def same_tree(a: Path, b: Path) -> bool:
-    names = [p.relative_to(b) for p in b.rglob("*") if p.is_file()]
-    return bool(names) and all(filecmp.cmp(a / n, b / n, shallow=False) for n in names)
 
 
 def magnet_with(tiny_torrent: Path, *trackers: str) -> str:

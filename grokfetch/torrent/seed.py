@@ -165,14 +165,16 @@ class Seeder:
 
 
 def _preset_trackers(folder: Path | str, torrent: Path | str | None) -> list[str]:
-    """The official trackers when seeding a preset torrent (saved metadata carries none)."""
+    """The preset's trackers when seeding a preset torrent (metadata saved by older grokfetch
+    versions carries no announce list)."""
     from grokfetch.torrent.source import PRESET_SOURCES
 
     path = Path(torrent) if torrent is not None else find_torrent(Path(folder).absolute())
     ih = path.stem.lower()
     if torrent is not None:
         ih = infohash_of(load_torrent_file(path))
-    return next((list(p["trackers"]) for p in PRESET_SOURCES.values() if p["infohash"] == ih), [])
+    return next(([*p["trackers"], *p.get("extra_trackers", [])] for p in PRESET_SOURCES.values()
+                 if p["infohash"] == ih), [])
 
 
 @dataclass

@@ -22,6 +22,14 @@ PRESET_SOURCES: dict[str, dict] = {
             "udp://tracker.coppersurfer.tk:6969",
             "udp://tracker.opentrackr.org:1337/announce",
         ],
+        # beside the magnet's own list (kept as published; coppersurfer is long dead): public
+        # trackers that have answered for years (not checked from here: no internet)
+        "extra_trackers": [
+            "udp://open.stealth.si:80/announce",
+            "udp://tracker.torrent.eu.org:451/announce",
+            "udp://exodus.desync.com:6969/announce",
+            "udp://open.demonii.com:1337/announce",
+        ],
         "model_preset": "grok-1",
     },
 }
@@ -91,9 +99,11 @@ def resolve(source: str | Path | None, dest: Path) -> Source:
 
     text = str(source) if source is not None else DEFAULT_SOURCE
     model_preset = None
+    extra: list[str] = []
     if text in PRESET_SOURCES:
         kind, magnet = "preset", preset_magnet(text)
         model_preset = PRESET_SOURCES[text]["model_preset"]
+        extra = PRESET_SOURCES[text].get("extra_trackers", [])
     elif text.startswith("magnet:"):
         kind, magnet = "magnet", text
     else:
@@ -113,7 +123,8 @@ def resolve(source: str | Path | None, dest: Path) -> Source:
     if not (ih.has_v1() or ih.has_v2()):
         raise UsageError(f"magnet URI has no info-hash (xt=urn:btih:...): {text[:80]}")
     infohash = str(ih.v1) if ih.has_v1() else str(ih.v2)[:40]
-    trackers = list(atp.trackers)
+    trackers = list(dict.fromkeys([*atp.trackers, *extra]))
+    atp.trackers = trackers
     src = Source(kind, text, infohash, atp, trackers, model_preset)
     saved = saved_torrent_path(dest, infohash)
     if saved.is_file():
