@@ -77,9 +77,9 @@ def status_event(job: _Job, lt, h, st) -> None:
     if not st.has_metadata and st.num_peers == 0:
         text = "waiting for metadata (no peers yet)"
     if st.has_metadata:
-        job.count_sources(lt, h)
+        job.watch.count_sources(lt, h)
     job.progress.event("status", state=state, done=st.total_wanted_done,
                        total=total, rate=rate, upload_rate=st.upload_payload_rate,
                        eta=eta, peers=st.num_peers, seeds=st.num_seeds,
                        hash_failures=job.hash_failures, files_in_flight=in_flight,
-                       received=job.received, text=text)
+                       received=job.watch.received, text=text)

@@ -33,6 +33,7 @@ from grokfetch.torrent.layout import (
 )
 from grokfetch.torrent.options import DownloadOptions, DownloadResult
 from grokfetch.torrent.order import ModelOrder
+from grokfetch.torrent.seed import serve
 from grokfetch.torrent.session import (
     StopSignals,
     clear_flags,
@@ -74,7 +75,6 @@ class _Job:
         self.saved_have: list[bool] = []
         self.ses = self.h = None   # the libtorrent session and torrent handle while running
         self.watch = SwarmWatch(progress)
-        self.by_peer: dict[str, tuple[bool, int]] = {}   # "ip:port" -> (web seed?, bytes received)
         self.resume_written = False   # resume data reached the disk in this run
         self.start = time.monotonic()
 
@@ -305,20 +305,6 @@ class _Job:
                     reason="stalled", hint=f"check --peer/--tracker/--webseed addresses and the "
                                            f"network; rerun to continue ({self.saved_note()})")
 
-    @property
-    def received(self) -> dict[str, int]:
-        """Payload bytes received in this run from BitTorrent peers and from web seeds."""
-        web = sum(n for is_web, n in self.by_peer.values() if is_web)
-        return {"peers": sum(n for _, n in self.by_peer.values()) - web, "web_seeds": web}
-
-    def count_sources(self, lt, h) -> None:
-        """Fold the connected peers' byte counters into :attr:`received`."""
-        web_kinds = (lt.peer_info.web_seed, lt.peer_info.http_seed)
-        for p in h.get_peer_info():
-            key = f"{p.ip[0]}:{p.ip[1]}"
-            self.by_peer[key] = (p.connection_type in web_kinds,
-                                 max(p.total_download, self.by_peer.get(key, (False, 0))[1]))
-
     def diagnosis(self, st) -> str:
         return self.watch.diagnosis(dht=self.opts.net.dht, peers=st.num_peers, seeds=st.num_seeds,
                                     listen_port=self.port)
@@ -381,35 +367,22 @@ class _Job:
         return "no resume data saved; the next run re-checks the files"
 
     def keep_seeding(self, lt, h, stop: StopSignals, result: DownloadResult) -> None:
-        """``--seed-ratio`` / ``--seed-time``: serve the finished files before returning, until
-        this run uploaded ``ratio`` x the selected bytes, the time is up, or a signal."""
+        """``--seed-ratio`` / ``--seed-time``: serve the finished files before returning."""
         o = self.opts
         if o.seed_ratio is None and o.seed_time is None:
             return
         h.resume()
-        start = last = time.monotonic()
         self.progress.task("seed", None, f"seeding {result.name}")
-        while stop.signum is None:
-            self.ses.wait_for_alert(200)
-            for a in self.ses.pop_alerts():
-                on_alert(self, lt, h, a)
-            st, now = h.status(), time.monotonic()
-            ratio = st.total_payload_upload / max(1, result.bytes)
-            if now - last >= o.status_interval:
-                last = now
-                self.progress.event("status", state="seeding", peers=st.num_peers,
-                                    uploaded=st.total_payload_upload, ratio=round(ratio, 3),
-                                    text=f"seeding: {st.num_peers} peers, ratio {ratio:.2f}")
-            if (o.seed_ratio is not None and ratio >= o.seed_ratio) or \
-                    (o.seed_time is not None and now - start >= o.seed_time):
-                break
+        r = serve(self.ses, h, size=result.bytes, stop=stop, for_seconds=o.seed_time,
+                  until_ratio=o.seed_ratio, on_alert=lambda a: on_alert(self, lt, h, a),
+                  progress=self.progress, interval=o.status_interval)
         self.progress.done("seed")
-        result.uploaded, result.seeded = st.total_payload_upload, time.monotonic() - start
+        result.uploaded, result.seeded = r.uploaded, r.seconds
         self.stop_with_resume(lt, h)
 
     def finish(self, lt, h, st) -> DownloadResult:
         self.progress.done("download")
-        self.count_sources(lt, h)
+        self.watch.count_sources(lt, h)
         # the last piece may still be in flight to the disk: save until the resume data agrees
         deadline = time.monotonic() + FINISH_RESUME_TIMEOUT
         while True:
@@ -434,8 +407,8 @@ class _Job:
             wanted_pieces=len(self.wanted_pieces), num_pieces=ti.num_pieces(),
             downloaded=st.total_payload_download, hash_failures=self.hash_failures,
             banned_peers=list(self.banned), checked=self.checked,
-            elapsed=time.monotonic() - self.start, from_peers=self.received["peers"],
-            from_webseeds=self.received["web_seeds"])
+            elapsed=time.monotonic() - self.start, from_peers=self.watch.received["peers"],
+            from_webseeds=self.watch.received["web_seeds"])
 
 
 def download(source: str | Path | None, dest: str | Path, options: DownloadOptions | None = None,

@@ -191,6 +191,51 @@ class SeedResult:
         return dict(self.__dict__)
 
 
+@dataclass
+class Served:
+    """How a :func:`serve` loop ended."""
+
+    uploaded: int
+    ratio: float
+    peers_seen: int
+    seconds: float
+    stopped_by: str   # "time" | "ratio" | "signal"
+
+
+def serve(ses, h, *, size: int, stop: StopSignals, on_alert, for_seconds: float | None = None,
+          until_ratio: float | None = None, progress: Progress = NULL_PROGRESS,
+          interval: float = 1.0) -> Served:
+    """Serve torrent ``h`` until a signal, ``for_seconds`` or ``uploaded / size >= until_ratio``;
+    every alert goes to ``on_alert``, a ``status`` event every ``interval`` s. Used by ``seed``
+    and by ``download --seed-ratio / --seed-time``.
+
+    Raises:
+        CheckFailed: the torrent stopped with an error (e.g. its files went away).
+    """
+    start, last, peers_seen = time.monotonic(), 0.0, 0
+    while True:
+        ses.wait_for_alert(200)
+        for a in ses.pop_alerts():
+            on_alert(a)
+        st, now = h.status(), time.monotonic()
+        peers_seen = max(peers_seen, st.num_peers)
+        ratio = st.total_payload_upload / size if size else 0.0
+        if now - last >= interval:
+            last = now
+            progress.event("status", state="seeding", peers=st.num_peers,
+                           uploaded=st.total_payload_upload, ratio=round(ratio, 3),
+                           upload_rate=st.upload_payload_rate,
+                           text=f"seeding: {st.num_peers} peers, uploaded "
+                                f"{st.total_payload_upload:,} B (ratio {ratio:.2f})")
+        if st.errc.value() != 0 and st.errc.message():
+            raise CheckFailed(f"seeding stopped: {st.errc.message()}")
+        why = ("signal" if stop.signum is not None
+               else "time" if for_seconds is not None and now - start >= for_seconds
+               else "ratio" if until_ratio is not None and ratio >= until_ratio else None)
+        if why is not None:
+            return Served(st.total_payload_upload, ratio, peers_seen, now - start, why)
+
+
 def seed(folder: Path | str, torrent: Path | str | None = None, *, listen: str = "0.0.0.0:6881",
          net: NetOptions | None = None, for_seconds: float | None = None,
          until_ratio: float | None = None, peers: list[str] | None = None,
@@ -203,7 +248,6 @@ def seed(folder: Path | str, torrent: Path | str | None = None, *, listen: str =
     """
     import libtorrent as lt
 
-    start = time.monotonic()
     extra = [*_preset_trackers(folder, torrent), *(trackers or [])]
     dial = [resolve_peer(p) for p in peers or []]
     with StopSignals() as stop, Seeder(folder, torrent, listen, net=net, trackers=extra,
@@ -214,32 +258,8 @@ def seed(folder: Path | str, torrent: Path | str | None = None, *, listen: str =
                        infohash=s.infohash, magnet=lt.make_magnet_uri(s.ti), state="seeding")
         for p in dial:
             s.connect(*p)
-        total = s.ti.total_size()
-        peers_seen, why, last = 0, "signal", 0.0
-        while True:
-            for a in s.session.pop_alerts():
-                s.watch.on_alert(lt, a)
-            st = s.handle.status()
-            peers_seen = max(peers_seen, st.num_peers)
-            ratio = st.total_payload_upload / total if total else 0.0
-            now = time.monotonic()
-            if now - last >= 1.0:
-                last = now
-                progress.event("status", state="seeding", peers=st.num_peers,
-                               uploaded=st.total_payload_upload, ratio=round(ratio, 3),
-                               upload_rate=st.upload_payload_rate,
-                               text=f"seeding: {st.num_peers} peers, uploaded "
-                                    f"{st.total_payload_upload:,} B (ratio {ratio:.2f})")
-            if st.errc.value() != 0 and st.errc.message():
-                raise CheckFailed(f"seeding stopped: {st.errc.message()}")
-            if stop.signum is not None:
-                break
-            if for_seconds is not None and now - start >= for_seconds:
-                why = "time"
-                break
-            if until_ratio is not None and ratio >= until_ratio:
-                why = "ratio"
-                break
-            time.sleep(0.2)
-        return SeedResult(s.infohash, s.port, st.total_payload_upload, ratio, peers_seen,
-                          time.monotonic() - start, why)
+        r = serve(s.session, s.handle, size=s.ti.total_size(), stop=stop,
+                  on_alert=lambda a: s.watch.on_alert(lt, a), for_seconds=for_seconds,
+                  until_ratio=until_ratio, progress=progress)
+        return SeedResult(s.infohash, s.port, r.uploaded, r.ratio, r.peers_seen, r.seconds,
+                          r.stopped_by)

@@ -1,4 +1,5 @@
-"""What the swarm says back: tracker replies and errors, web seed errors, DHT nodes, peers tried.
+"""What the swarm says back: tracker replies and errors, web seed errors, DHT nodes, peers tried,
+bytes received per source.
 
 :class:`SwarmWatch` is fed libtorrent alerts by the download and seed loops. It reports each new
 tracker or web seed problem once (a ``warning`` event naming the URL and the reason), builds the
@@ -51,6 +52,21 @@ class SwarmWatch:
     dht_nodes: int | None = None
     said: set[tuple[str, str]] = field(default_factory=set)
     webseed_at: dict[tuple[str, int], str] = field(default_factory=dict)   # (ip, port) -> URL
+    by_peer: dict[str, tuple[bool, int]] = field(default_factory=dict)  # -> (web seed?, bytes in)
+
+    @property
+    def received(self) -> dict[str, int]:
+        """Payload bytes received from BitTorrent peers and from web seeds (as last counted)."""
+        web = sum(n for is_web, n in self.by_peer.values() if is_web)
+        return {"peers": sum(n for _, n in self.by_peer.values()) - web, "web_seeds": web}
+
+    def count_sources(self, lt, h) -> None:
+        """Fold the connected peers' byte counters into :attr:`received`."""
+        web_kinds = (lt.peer_info.web_seed, lt.peer_info.http_seed)
+        for p in h.get_peer_info():
+            key = f"{p.ip[0]}:{p.ip[1]}"
+            self.by_peer[key] = (p.connection_type in web_kinds,
+                                 max(p.total_download, self.by_peer.get(key, (False, 0))[1]))
 
     def add_webseeds(self, urls: list[str]) -> None:
         """Know the web seeds' addresses: a refused or timed-out connection to one arrives as
