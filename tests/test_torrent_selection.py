@@ -38,8 +38,9 @@ def test_model_order_gradient_covers_every_wanted_piece_in_model_order():
     assert prios[shared] == prios[len(TABLE)] == 7                 # non-tensor files first
     ranked = [ranges[s.index][0] for s in TABLE.model_order() if ranges[s.index][0] != shared]
     assert [prios[p] for p in ranked] == sorted((prios[p] for p in ranked), reverse=True)
-    assert min(prios) == 1 and prios.count(7) == 2 and prios.count(6) == 2   # nothing waits at 0
-    assert prios.count(1) == n - 2 * 6                                         # past 6 windows
+    # steps double (2, 4, 8, ... pieces) and nothing waits at 0
+    assert [prios.count(level) for level in (7, 6, 5, 4, 3, 2)] == [2, 4, 8, 16, 32, 64]
+    assert min(prios) == 1 and prios.count(1) == n - 126
     for p in ranked[:5]:                     # pieces arrive: the gradient moves up
         have[p] = True
     later = gradient(sel, ranges, have, window=2)
@@ -48,5 +49,7 @@ def test_model_order_gradient_covers_every_wanted_piece_in_model_order():
     unwanted = [ranges[s.index][0] for s in TABLE if s.layer not in (None, 0)]
     only0 = gradient(skipped, ranges, [False] * n, 4)
     assert all(only0[q] == 0 for q in unwanted if q != shared)
+    # 1/16 of what is in flight: 4 MiB per peer until the rate says more
     assert window_for(peers=8, download_rate=0, piece_length=1 << 16) == 32
-    assert window_for(peers=1, download_rate=24e6, piece_length=1 << 16) == 2048
+    assert window_for(peers=1, download_rate=48e6, piece_length=1 << 16) == 64
+    assert window_for(peers=1, download_rate=0, piece_length=16 << 20) == 1

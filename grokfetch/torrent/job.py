@@ -32,7 +32,7 @@ from grokfetch.torrent.layout import (
     pieces_of,
 )
 from grokfetch.torrent.options import DownloadOptions, DownloadResult
-from grokfetch.torrent.order import ModelOrder
+from grokfetch.torrent.order import REQUEST_SECONDS, ModelOrder
 from grokfetch.torrent.seed import serve
 from grokfetch.torrent.session import (
     StopSignals,
@@ -177,7 +177,8 @@ class _Job:
         self.reconnect_time = extra.get("min_reconnect_time", 60)
         self.boost_until: float | None = None
         if opts.order == "model":
-            extra["initial_picker_threshold"] = 0   # no random first pieces
+            extra.update(initial_picker_threshold=0,   # no random first pieces
+                         request_queue_time=REQUEST_SECONDS)   # less in flight: closer order
         self.ses = make_session(opts.net, **extra)
         self.watch.add_webseeds(opts.webseeds)
         try:

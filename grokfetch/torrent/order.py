@@ -3,9 +3,10 @@ every connected peer always has wanted pieces to serve.
 
 The old scheme requested 16 pieces at a time and moved on per finished file, which starved a
 swarm of many peers (25-35x slower than rarest-first on loopback). Here every wanted piece has a
-priority: a gradient over the whole remaining selection in model order (:func:`gradient`),
-stepped in windows sized by what the swarm can have in flight (connected peers, and the bytes
-libtorrent keeps requested at the current rate), and re-applied as pieces arrive.
+priority: a gradient over the whole remaining selection in model order (:func:`gradient`), in
+steps that double in size -- fine at the head, where the next pieces are picked, coarse further
+on -- scaled by what the swarm keeps in flight (connected peers, and the bytes libtorrent keeps
+requested at the current rate), and re-applied as pieces arrive.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from dataclasses import dataclass, field
 
 from grokfetch.torrent.selection import LOW, TOP, Selection
 
-MIN_WINDOW = 16          # pieces per priority step, at least
-PIECES_PER_PEER = 4      # pieces a peer works on at once (rarest-first picks whole pieces)
-REQUEST_SECONDS = 3.0    # libtorrent's request_queue_time: data kept requested per peer
+PEER_PIPELINE = 4 << 20  # bytes a peer keeps requested, before its rate is known
+REQUEST_SECONDS = 1      # request_queue_time in model order (libtorrent's default: 3 s)
+HEAD_SHARE = 16          # the top step holds 1/16 of what is in flight; all six steps ~4x it
 
 
 def gradient(sel: Selection, ranges: list[tuple[int, int]], have: list[bool],
@@ -25,10 +26,10 @@ def gradient(sel: Selection, ranges: list[tuple[int, int]], have: list[bool],
 
     Wanted files are walked in model order (non-tensor files first: they are small and
     conversion needs the tokenizer); each piece not yet had takes the next position the first
-    time a file holding it comes up. Positions ``[0, window)`` get 7, the next ``window`` 6, and
-    so on; everything from ``6 * window`` on gets 1, so no wanted piece waits at 0 and a peer
-    with nothing left at the top takes the next step down. Pieces already had get 1; pieces of
-    unwanted files 0 (unless shared with a wanted file).
+    time a file holding it comes up. Steps double: positions ``[0, w)`` get 7, ``[w, 3w)`` 6,
+    ``[3w, 7w)`` 5, … ``[31w, 63w)`` 2, and everything after gets 1 -- so no wanted piece waits
+    at 0 and a peer with nothing left at the top takes the next step down. Pieces already had
+    get 1; pieces of unwanted files 0 (unless shared with a wanted file).
 
     Apply as *piece* priorities: a file priority of 0 would send boundary data to the part
     file, and raising it again later made libtorrent 2.1.1 fail with "file too short".
@@ -45,16 +46,19 @@ def gradient(sel: Selection, ranges: list[tuple[int, int]], have: list[bool],
             if have[p]:
                 out[p] = LOW
             else:
-                out[p] = max(LOW, TOP - pos // window)
+                out[p] = max(LOW, TOP - (pos // window + 1).bit_length() + 1)
                 pos += 1
     return out
 
 
 def window_for(peers: int, download_rate: float, piece_length: int) -> int:
-    """Pieces per priority step: enough for every peer's pipeline at the current rate (a
-    power of two, so small swings of the rate do not re-prioritize)."""
-    in_flight = download_rate * REQUEST_SECONDS / max(1, piece_length)
-    need = max(MIN_WINDOW, PIECES_PER_PEER * peers, int(in_flight) + 1)
+    """The top step's size ``w``: 1/16 of what the swarm keeps in flight (every peer's pipeline
+    at the current rate), so the six steps (63 ``w``) hold about four times that. Peers fill
+    their pipelines in model order and do not reach the lowest step, whose pieces come in random
+    order from the whole rest of the model. A power of two, so small swings of the rate do not
+    re-prioritize."""
+    in_flight = max(peers * PEER_PIPELINE, download_rate * REQUEST_SECONDS) / max(1, piece_length)
+    need = max(1, -(-int(in_flight) // HEAD_SHARE))
     return 1 << (need - 1).bit_length()
 
 
