@@ -71,13 +71,14 @@ def test_magnet_with_only_a_tracker_does_not_stall_after_metadata(tmp_path, tiny
 
 
 def test_verify_after_a_layer_selection_checks_every_selected_byte(tmp_path, run_cli, tiny_ckpt,
-                                                                   tiny_torrent, infohash):
+                                                                   tiny_torrent, infohash, request):
     """F5: pieces shared with skipped files are hashed with the skipped bytes from libtorrent's
     part file. Old code: one flipped byte in tokenizer.model -> "OK ... warnings", exit 0."""
     dest = tmp_path / "d"
-    with Seeder(tiny_ckpt, tiny_torrent) as s:
-        download(tiny_torrent, dest, net(peers=[f"127.0.0.1:{s.port}"], trackers=False, layers="0-1",
-                                         preset="tiny"))
+    seeder = Seeder(tiny_ckpt, tiny_torrent).__enter__()
+    request.addfinalizer(seeder.close)
+    download(tiny_torrent, dest, net(peers=[f"127.0.0.1:{seeder.port}"], trackers=False,
+                                     layers="0-1", preset="tiny"))
     parts = dest / f".{infohash}.parts"
     assert parts.is_file()   # tokenizer.model shares a piece with skipped tensor files
     code, out, err = run_cli(["verify", dest, "--json"])
@@ -97,6 +98,11 @@ def test_verify_after_a_layer_selection_checks_every_selected_byte(tmp_path, run
     unverified = {f["path"]: f["ranges"] for f in res["findings"] if f["kind"] == "unverified"}
     assert code == 1 and unverified["tokenizer.model"] == [[0, len(good)]]
     assert all(f["severity"] == "error" for f in res["findings"] if f["kind"] == "unverified")
+    # --repair fetches those pieces again (libtorrent rewrites the part file), then all is OK
+    code, out, err = run_cli(["verify", dest, "--repair", "--peer", f"127.0.0.1:{seeder.port}",
+                              "--json"])
+    assert code == 0, err
+    assert parts.is_file() and json.loads(out.splitlines()[-1])["findings"] == []
 
 
 def test_download_folder_is_seeded_to_its_trackers_and_an_aria2c_leecher(tmp_path, tiny_ckpt,

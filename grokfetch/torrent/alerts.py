@@ -76,8 +76,6 @@ def status_event(job: _Job, lt, h, st) -> None:
             + (f" | {', '.join(in_flight[:3])}" if in_flight else ""))
     if not st.has_metadata and st.num_peers == 0:
         text = "waiting for metadata (no peers yet)"
-    if st.has_metadata:
-        job.watch.count_sources(lt, h)
     job.progress.event("status", state=state, done=st.total_wanted_done,
                        total=total, rate=rate, upload_rate=st.upload_payload_rate,
                        eta=eta, peers=st.num_peers, seeds=st.num_seeds,

@@ -263,6 +263,7 @@ class _Job:
                 last_done, last_progress_t = st.total_done, now
             if started_task:
                 progress.update("download", completed=st.total_wanted_done, total=st.total_wanted)
+                self.watch.count_sources(lt, h)   # often: connections close when done
             if not checking and st.has_metadata and self.complete(h, st):
                 result = self.finish(lt, h, st)
                 self.keep_seeding(lt, h, stop, result)

@@ -56,7 +56,8 @@ class SwarmWatch:
 
     @property
     def received(self) -> dict[str, int]:
-        """Payload bytes received from BitTorrent peers and from web seeds (as last counted)."""
+        """Payload bytes received from BitTorrent peers and from web seeds, as sampled while
+        connected (the last moments of a connection that closed in between are not seen)."""
         web = sum(n for is_web, n in self.by_peer.values() if is_web)
         return {"peers": sum(n for _, n in self.by_peer.values()) - web, "web_seeds": web}
 
