@@ -76,6 +76,8 @@ class _Job:
         self.ses = self.h = None   # the libtorrent session and torrent handle while running
         self.watch = SwarmWatch(progress)
         self.resume_written = False   # resume data reached the disk in this run
+        self.reconnect_time = 60          # min_reconnect_time of the session, outside the boost
+        self.boost_until: float | None = None   # see RECONNECT_BOOST
         self.start = time.monotonic()
 
     # --- setup ------------------------------------------------------------------------------
@@ -175,7 +177,6 @@ class _Job:
         # explicit peers: several may share an address, and a dropped one is re-dialled soon
         extra = {"allow_multiple_connections_per_ip": True, "min_reconnect_time": 2} if peers else {}
         self.reconnect_time = extra.get("min_reconnect_time", 60)
-        self.boost_until: float | None = None
         if opts.order == "model":
             extra.update(initial_picker_threshold=0,   # no random first pieces
                          request_queue_time=REQUEST_SECONDS)   # less in flight: closer order
