@@ -49,7 +49,11 @@ def test_model_order_gradient_covers_every_wanted_piece_in_model_order():
     unwanted = [ranges[s.index][0] for s in TABLE if s.layer not in (None, 0)]
     only0 = gradient(skipped, ranges, [False] * n, 4)
     assert all(only0[q] == 0 for q in unwanted if q != shared)
-    # 1/16 of what is in flight: 4 MiB per peer until the rate says more
-    assert window_for(peers=8, download_rate=0, piece_length=1 << 16) == 32
-    assert window_for(peers=1, download_rate=48e6, piece_length=1 << 16) == 64
-    assert window_for(peers=1, download_rate=0, piece_length=16 << 20) == 1
+    # pieces being fetched keep the top and take no position: the next free ones lead
+    busy = {ranked[5], ranked[6]}
+    fetching = gradient(sel, ranges, have, 2, busy)
+    assert fetching[ranked[5]] == fetching[ranked[6]] == 7 and fetching[ranked[7]] == 6
+    # the top step holds what peers ask for in a quarter second at the current rate
+    assert window_for(download_rate=0, piece_length=1 << 16) == 1
+    assert window_for(download_rate=24e6, piece_length=1 << 16) == 128
+    assert window_for(download_rate=24e6, piece_length=16 << 20) == 1

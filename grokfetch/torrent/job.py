@@ -114,10 +114,10 @@ class _Job:
                                     ti.piece_length(), ti.num_pieces())
         return selection.base_priorities(self.sel)
 
-    def reorder(self, h, force: bool = False) -> None:
+    def reorder(self, h, st=None, force: bool = False) -> None:
         """Keep model-order piece priorities up to date (no-op in the other orders)."""
         if self.model is not None:
-            self.model.apply(h, h.status(), force)
+            self.model.apply(h, st or h.status(), force)
 
     def announce_list(self, ti) -> list[str]:
         """The source's trackers, the torrent's own and the ``--tracker`` ones."""
@@ -231,7 +231,7 @@ class _Job:
         if not h.status().has_metadata:
             progress.task("download", None, "fetching metadata")
         while True:
-            ses.wait_for_alert(200)
+            ses.wait_for_alert(50 if self.model is not None else 200)   # model: re-apply often
             for a in ses.pop_alerts():
                 on_alert(self, lt, h, a)
             if self.file_error is not None:
@@ -272,10 +272,10 @@ class _Job:
             if self.boost_until is not None and now > self.boost_until:
                 self.boost_until = None
                 ses.apply_settings({"min_reconnect_time": self.reconnect_time})
+            if not checking and st.has_metadata:
+                self.reorder(h, st)
             if now - last_status >= opts.status_interval:
                 last_status = now
-                if not checking:
-                    self.reorder(h)
                 status_event(self, lt, h, st)
             if peers and not self.dialed and not checking and st.has_metadata:
                 # only once priorities are in force: a torrent that looks finished says
