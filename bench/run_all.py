@@ -65,6 +65,12 @@ def _download(d: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def _download_order(d: dict[str, Any]) -> list[Row]:
+    what = f"--order model vs rarest, {d['case']} ({d['bytes'] / 1e6:.0f} MB, {d['seeders']} seeders)"
+    return [(what, d["model_wall_s"], "--order rarest", d["rarest_wall_s"], "s",
+             d["rarest_wall_s"] / d["model_wall_s"])]
+
+
 def _verify(d: dict[str, Any]) -> list[Row]:
     mb = d["mb_s"]
     size = f"{d['bytes'] / 1e9:.1f} GB"
@@ -83,7 +89,7 @@ def _smoke(d: dict[str, Any]) -> list[Row]:
 
 ADAPTERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "convert_gguf": _convert_gguf, "convert_st_jax": _convert_st_jax, "kquants": _kquants,
-    "download": _download, "verify": _verify}
+    "download": _download, "download_order": _download_order, "verify": _verify}
 
 
 def discover() -> dict[str, Path]:

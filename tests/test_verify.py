@@ -443,7 +443,7 @@ def test_check_file_one_file_at_a_time(dl, pristine):
     (root / prev.path).unlink()  # the neighbour is gone: its shared piece cannot be checked
     r = check_file(tfile, root / target.path, root=dl)
     assert r.ok and [(f.kind, f.path, f.severity) for f in r.findings] == [
-        ("missing", prev.path, "warning")]
+        ("missing", prev.path, "warning"), ("unverified", target.path, "warning")]
     flip(root / target.path, target.size - 1)
     r = check_file(tfile, root / target.path, root=dl)
     assert not r.ok and [f.path for f in r.errors] == [target.path]

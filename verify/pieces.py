@@ -17,6 +17,7 @@ from pathlib import Path
 
 from grokfetch.verify.hashio import DEFAULT_BLOCK, LockedProgress, MiB
 from grokfetch.verify.manifest import extra_detail, list_files
+from grokfetch.verify.pieces_parts import part_file_path, read_part_file
 from grokfetch.verify.pieces_v1 import check_v1
 from grokfetch.verify.pieces_v2 import check_v2
 from grokfetch.verify.report import WARNING, Finding, Report
@@ -78,7 +79,8 @@ def _survey(root: Path, torrent: Torrent, report: Report) -> dict[int, Avail]:
 
 
 def check_torrent(root: Path, torrent: Torrent, *, scheme: str = "auto", jobs: int | None = None,
-                  only: set[int] | None = None, progress: Progress = NULL_PROGRESS) -> Report:
+                  only: set[int] | None = None, strict: bool = False,
+                  progress: Progress = NULL_PROGRESS) -> Report:
     """Verify the torrent's files under ``root`` (its content folder: for a multi-file torrent
     the folder named ``torrent.name``).
 
@@ -86,7 +88,11 @@ def check_torrent(root: Path, torrent: Torrent, *, scheme: str = "auto", jobs: i
         scheme: ``"v1"``, ``"v2"`` or ``"auto"`` (v2 when the torrent has it: file-aligned).
         only: check just these file indices (``torrent.files``): the pieces that cover them.
             Problems of other files that share those pieces are warnings; extra files are not
-            looked for.
+            looked for. The other files' bytes of a shared piece are read from libtorrent's part
+            file (``<save path>/.<infohash>.parts``) when they are not on disk.
+        strict: selected bytes that still cannot be hashed (a shared piece whose other bytes
+            are nowhere) are errors (``unverified``), not warnings. ``verify`` is strict; a
+            check during a download, when a neighbour may still be arriving, is not.
     """
     t0 = time.monotonic()
     use_v2 = torrent.v2 if scheme == "auto" else scheme == "v2"
@@ -108,8 +114,15 @@ def check_torrent(root: Path, torrent: Torrent, *, scheme: str = "auto", jobs: i
         check_v2(torrent, {i: a for i, a in avail.items() if only is None or i in only},
                  report, jobs, prog, work_item=WORK_ITEM, block=DEFAULT_BLOCK)
     else:
+        parts = None
+        if only is not None:
+            save = Path(root).parent if torrent.multi_file else Path(root)
+            parts = next((pf for ih in (torrent.infohash_v1, torrent.infohash_v2) if ih
+                          for pf in [read_part_file(part_file_path(save, ih),
+                                                    torrent.num_pieces_v1, torrent.piece_length)]
+                          if pf is not None), None)
         check_v1(torrent, avail, report, jobs, prog, survey, only, work_item=WORK_ITEM,
-                 block=DEFAULT_BLOCK)
+                 block=DEFAULT_BLOCK, parts=parts, strict=strict)
     known = {tf.path for tf in torrent.data_files()}
     if Path(root).is_dir() and only is None:
         for rel in list_files(Path(root), partial=True):

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from grokfetch.verify.hashio import BlockReader, Extent, LockedProgress, default_jobs, runs
+from grokfetch.verify.pieces_parts import PartFile
 from grokfetch.verify.report import ERROR, WARNING, Finding, Report, merge_ranges
 from grokfetch.verify.torrentfile import Torrent
 
@@ -21,8 +22,12 @@ if TYPE_CHECKING:
     from grokfetch.verify.pieces import Avail
 
 
-def _extents(torrent: Torrent, avail: dict[int, Avail], starts: list[int], a: int,
-             b: int) -> list[Extent]:
+def _extents(torrent: Torrent, avail: dict[int, Avail], starts: list[int], a: int, b: int,
+             parted: dict[int, set[int]], parts: PartFile | None) -> list[Extent]:
+    """What to read for bytes ``[a, b)``: file ranges, zeros for pad files, and the part file
+    for the skipped files' bytes of the pieces in ``parted``."""
+    L = torrent.piece_length
+    in_parts = {i for files in parted.values() for i in files}
     out = []
     i = bisect.bisect_right(starts, a) - 1
     while a < b and i < len(torrent.files):
@@ -31,16 +36,51 @@ def _extents(torrent: Torrent, avail: dict[int, Avail], starts: list[int], a: in
         if tf.size and end > a:
             take = min(b, end) - a
             path = None if tf.pad else avail[i].path
-            out.append(Extent(path, a - tf.offset, take))
+            if i not in in_parts:
+                out.append(Extent(path, a - tf.offset, take))
+            else:   # piece by piece: some of them come from the part file
+                pos = a
+                while pos < a + take:
+                    q = pos // L
+                    stop = min(a + take, (q + 1) * L)
+                    ext = parts.extent(q, pos - q * L, stop - pos) if i in parted.get(q, ()) else None
+                    out.append(ext or Extent(path, pos - tf.offset, stop - pos))
+                    pos = stop
             a += take
         i += 1
     return out
 
 
+def _from_parts(torrent: Torrent, blocked: dict[int, set[int]], only: set[int],
+                parts: PartFile) -> dict[int, set[int]]:
+    """The blocked pieces whose every missing byte belongs to a skipped file (not in ``only``)
+    and is stored in libtorrent's part file: piece -> those files. Removed from ``blocked``."""
+    L = torrent.piece_length
+    out: dict[int, set[int]] = {}
+    for p, culprits in list(blocked.items()):
+        if culprits & only:
+            continue
+        ok = True
+        for i in culprits:
+            tf = torrent.files[i]
+            lo, hi = max(p * L, tf.offset), min((p + 1) * L, tf.offset + tf.size)
+            ok = ok and parts.extent(p, lo - p * L, hi - lo) is not None
+        if ok:
+            out[p] = culprits
+            del blocked[p]
+    return out
+
+
 def check_v1(torrent: Torrent, avail: dict[int, Avail], report: Report, jobs: int | None,
              prog: LockedProgress, survey: Report, only: set[int] | None, *,
-             work_item: int, block: int) -> None:
-    """SHA-1 every readable piece (of the files in ``only``) and add findings to ``report``."""
+             work_item: int, block: int, parts: PartFile | None = None,
+             strict: bool = False) -> None:
+    """SHA-1 every readable piece (of the files in ``only``) and add findings to ``report``.
+
+    ``parts``: libtorrent's part file, read for the skipped files' share of a piece. Bytes of
+    the ``only`` files in a piece that still cannot be read are ``unverified`` findings: errors
+    when ``strict``, else warnings (a neighbour may still be downloading).
+    """
     L, total, n = torrent.piece_length, torrent.total_size, torrent.num_pieces_v1
     hashes = torrent.v1_pieces or b""
     if len(hashes) != 20 * n:
@@ -61,6 +101,7 @@ def check_v1(torrent: Torrent, avail: dict[int, Avail], report: Report, jobs: in
                          for p in range(off // L, (off + size - 1) // L + 1)})
         wanted_set = set(wanted)
         blocked = {p: c for p, c in blocked.items() if p in wanted_set}
+    parted = _from_parts(torrent, blocked, only, parts) if parts and only is not None else {}
     ok = [p for p in wanted if p not in blocked]
     items = runs(ok, max(1, work_item // L))
     todo = sum(min((p + c) * L, total) - p * L for p, c in items)
@@ -72,7 +113,8 @@ def check_v1(torrent: Torrent, avail: dict[int, Avail], report: Report, jobs: in
         a, b = first * L, min((first + count) * L, total)
         bad = []
         try:
-            with BlockReader(_extents(torrent, avail, starts, a, b), block=block) as reader:
+            with BlockReader(_extents(torrent, avail, starts, a, b, parted, parts),
+                             block=block) as reader:
                 p = first
                 for mv in reader:
                     for j in range(0, len(mv), L):
@@ -121,6 +163,21 @@ def check_v1(torrent: Torrent, avail: dict[int, Avail], report: Report, jobs: in
         detail = "" if severity(i) == ERROR else "needed to check a shared piece; not checked"
         report.add(Finding(kind_of.get(path, "missing"), path, detail, pieces=ps,
                            severity=severity(i)))
+    if only is not None:
+        # the selected bytes of those pieces were not hashed: never "OK" for them when strict
+        unchecked: dict[int, list[tuple[int, int, int]]] = {}
+        for p in sorted(blocked):
+            for i, lo, hi in covers(p):
+                if i in only and i not in blocked[p]:
+                    unchecked.setdefault(i, []).append((p, lo, hi))
+        for i, parts_of in sorted(unchecked.items()):
+            why = sorted({torrent.files[j].path for p, _, _ in parts_of for j in blocked[p]})
+            report.add(Finding(
+                "unverified", torrent.files[i].path,
+                f"shares pieces with {', '.join(why[:3])}{' …' if len(why) > 3 else ''}, whose "
+                "bytes are neither on disk nor in libtorrent's part file", severity=ERROR if strict
+                else WARNING, pieces=sorted({p for p, _, _ in parts_of}),
+                ranges=merge_ranges([(lo, hi) for _, lo, hi in parts_of])))
     unread: dict[int, tuple[str, list[int], list[tuple[int, int]]]] = {}
     for first, count, err in unreadable:
         for p in range(first, first + count):

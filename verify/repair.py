@@ -20,7 +20,7 @@ from grokfetch.verify.run import plan, verify
 from grokfetch.errors import UsageError
 from grokfetch.progress import NULL_PROGRESS, Progress
 
-REPAIRABLE = ("missing", "truncated", "corrupted", "unreadable")
+REPAIRABLE = ("missing", "truncated", "corrupted", "unreadable", "unverified")
 DEFAULT_TIMEOUT = 600.0
 
 

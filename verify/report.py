@@ -2,7 +2,8 @@
 
 Kinds are distinct so a script can act on them: ``missing``, ``truncated``, ``oversized``,
 ``corrupted`` (hash mismatch), ``unsafe`` (a path that would leave the folder; never opened),
-``structure`` (the file is not what the tensor table says), ``unreadable`` (an I/O error) and
+``structure`` (the file is not what the tensor table says), ``unreadable`` (an I/O error),
+``unverified`` (selected bytes in a piece whose other bytes cannot be read) and
 ``extra`` (a file nobody asked for). ``extra`` outside the tensor folder is a warning: it does not
 fail the run. Byte ranges are half-open ``[start, end)`` offsets inside the named file.
 """
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 KINDS = ("missing", "truncated", "oversized", "corrupted", "unsafe", "structure", "unreadable",
-         "extra")
+         "unverified", "extra")
 ERROR, WARNING = "error", "warning"
 
 

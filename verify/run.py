@@ -199,7 +199,7 @@ def verify(path: Path, *, torrent: Path | None = None, manifest: Path | None = N
                                      progress=progress))
     if p.torrent is not None:
         report.merge(check_torrent(p.root, p.torrent, scheme=scheme, jobs=jobs, only=p.only,
-                                   progress=progress))
+                                   strict=True, progress=progress))
         report.sources["torrent"] = str(p.torrent_path)
         if p.note:
             report.sources["selection"] = p.note

@@ -23,16 +23,43 @@ from grokfetch.fsutil import human_bytes
 DL_EPILOG = examples(
     "grokfetch download --dir ./grok-1",
     "grokfetch download --dir ./grok-1 --layers 0-3 --order model",
+    "grokfetch download --dir ./grok-1 --seed-ratio 1.0 --tracker udp://tracker.example:6969",
     "grokfetch download 'magnet:?xt=urn:btih:...' --dir ./d --peer 10.0.0.5:6881 --no-dht",
     "grokfetch download ./grok-1.torrent --dir ./d --include 'ckpt-0/*' --max-download-rate 20M",
     "grokfetch download --dir ./grok-1 --layers 0-3 --dry-run",
 )
 SEED_EPILOG = examples("grokfetch seed ./grok-1", "grokfetch seed ./mini --torrent mini.torrent "
-                                                   "--listen 127.0.0.1:6881 --for 600")
-CREATE_EPILOG = examples("grokfetch torrent create ./grok-mini --out mini.torrent",
+                                                   "--listen 127.0.0.1:6881 --for 600",
+                       "grokfetch seed ./grok-1 --peer 10.0.0.5:6881 --no-trackers")
+CREATE_EPILOG = examples("grokfetch torrent create ./grok-mini -o mini.torrent",
                          "grokfetch torrent create ./ckpt -o c.torrent --piece-size 4MiB")
+SHOW_EPILOG = examples("grokfetch torrent show mini.torrent", "grokfetch torrent show ./grok-1")
 
 Multi = Optional[list[str]]
+EncryptionOpt = Annotated[str, typer.Option("--encryption", help="Peer encryption: enabled "
+                                            "(either), required (RC4 only), disabled.")]
+MaxConnOpt = Annotated[Optional[int], typer.Option("--max-connections", help="At most this many "
+                                                   "peer connections. Default: 200.")]
+NoPexOpt = Annotated[bool, typer.Option("--no-pex", help="No peer exchange.")]
+TrackerOpt = Annotated[Multi, typer.Option("--tracker", help="Also announce to this tracker URL "
+                                           "(repeatable).")]
+
+
+class _SayStart:
+    """Prints the first event that names the listening port (tests and users need it), then
+    defers to the display."""
+
+    def __init__(self, inner, out, fmt):
+        self.inner, self.out, self.fmt, self.said = inner, out, fmt, False
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def event(self, kind, **data):
+        if not self.said and "port" in data:
+            self.said = True
+            self.out.info(self.fmt(data))
+        self.inner.event(kind, **data)
 
 
 def _rate(text: str | None) -> int | None:
@@ -66,8 +93,16 @@ def register(app: typer.Typer) -> None:
         no_lsd: Annotated[bool, typer.Option("--no-lsd", help="No local service discovery.")] = False,
         no_upnp: Annotated[bool, typer.Option("--no-upnp", help="No UPnP / NAT-PMP port mapping.")] = False,
         no_utp: Annotated[bool, typer.Option("--no-utp", help="TCP only (uTP is slow on fast links).")] = False,
-        no_trackers: Annotated[bool, typer.Option("--no-trackers", help="Ignore the source's "
-                                                  "trackers.")] = False,
+        no_trackers: Annotated[bool, typer.Option("--no-trackers", help="Announce to no tracker "
+                                                  "(not even the torrent's own).")] = False,
+        tracker: TrackerOpt = None,
+        no_pex: NoPexOpt = False,
+        encryption: EncryptionOpt = "enabled",
+        max_connections: MaxConnOpt = None,
+        seed_ratio: Annotated[Optional[float], typer.Option(
+            "--seed-ratio", help="When complete, keep seeding until uploaded / size reaches this.")] = None,
+        seed_time: Annotated[Optional[float], typer.Option(
+            "--seed-time", help="When complete, keep seeding for this many seconds.")] = None,
         max_download_rate: Annotated[Optional[str], typer.Option(
             "--max-download-rate", help="Bytes/s, K/M/G suffixes (also limits LAN peers).")] = None,
         max_upload_rate: Annotated[Optional[str], typer.Option(
@@ -103,17 +138,25 @@ def register(app: typer.Typer) -> None:
         opts = DownloadOptions(
             include=include or [], exclude=exclude or [], layers=layers, preset=preset,
             order=order, peers=peer or [], webseeds=webseed or [], trackers=not no_trackers,
-            listen=listen, dht=not no_dht, lsd=not no_lsd, upnp=not no_upnp, utp=not no_utp,
-            max_download_rate=_rate(max_download_rate), max_upload_rate=_rate(max_upload_rate),
-            force=no_space_check, timeout=timeout, recheck=recheck)
+            add_trackers=tracker or [], listen=listen, dht=not no_dht, lsd=not no_lsd,
+            upnp=not no_upnp, utp=not no_utp, max_download_rate=_rate(max_download_rate),
+            max_upload_rate=_rate(max_upload_rate), encryption=encryption,
+            max_connections=max_connections, pex=not no_pex, seed_ratio=seed_ratio,
+            seed_time=seed_time, force=no_space_check, timeout=timeout, recheck=recheck)
         with out.progress() as progress:
-            r = run_download(source, dest, opts, progress)
+            r = run_download(source, dest, opts, _SayStart(progress, out, lambda d: (
+                f"{d['infohash']} on port {d['port']}: {d['magnet']}")))
         data = {k: v for k, v in r.to_json().items() if k not in ("dest", "content", "elapsed")}
 
         def human(c) -> None:
             c.print(f"[green]complete[/green]: {r.name} -> {r.content}: {r.files} files, "
                     f"{human_bytes(r.bytes)}, {r.wanted_pieces}/{r.num_pieces} pieces hash-verified "
                     f"({human_bytes(r.downloaded)} fetched in {r.elapsed:.1f} s)")
+            if r.from_webseeds:
+                c.print(f"received {human_bytes(r.from_peers)} from peers, "
+                        f"{human_bytes(r.from_webseeds)} from web seeds")
+            if r.seeded:
+                c.print(f"seeded {r.seeded:.0f} s: uploaded {human_bytes(r.uploaded)}")
             if r.hash_failures or r.banned_peers:
                 c.print(f"[yellow]{r.hash_failures} pieces failed their hash check and were fetched "
                         f"again; banned peers: {', '.join(r.banned_peers) or 'none'}[/yellow]")
@@ -138,6 +181,15 @@ def register(app: typer.Typer) -> None:
         no_utp: Annotated[bool, typer.Option("--no-utp", help="TCP only.")] = False,
         max_upload_rate: Annotated[Optional[str], typer.Option(
             "--max-upload-rate", help="Bytes/s, K/M/G suffixes.")] = None,
+        peer: Annotated[Multi, typer.Option("--peer", help="Dial HOST:PORT (repeatable).")] = None,
+        tracker: TrackerOpt = None,
+        no_trackers: Annotated[bool, typer.Option("--no-trackers", help="Announce to no "
+                                                  "tracker.")] = False,
+        webseed: Annotated[Multi, typer.Option("--webseed", help="Web seed URL to add to the "
+                                               "torrent (repeatable).")] = None,
+        no_pex: NoPexOpt = False,
+        encryption: EncryptionOpt = "enabled",
+        max_connections: MaxConnOpt = None,
         json_: JsonOpt = False,
         quiet: QuietOpt = False,
         verbose: VerboseOpt = False,
@@ -156,33 +208,22 @@ def register(app: typer.Typer) -> None:
         if for_seconds is not None and not for_seconds > 0:
             raise UsageError(f"--for must be more than 0 seconds, not {for_seconds}")
         net = NetOptions(None, not no_dht, not no_lsd, not no_upnp, not no_utp, None,
-                         _rate(max_upload_rate))
-
-        class _Announce:
-            """Prints the port once (tests and users need it), then defers to the display."""
-
-            def __init__(self, inner):
-                self.inner, self.said = inner, False
-
-            def __getattr__(self, name):
-                return getattr(self.inner, name)
-
-            def event(self, kind, **data):
-                if not self.said and "port" in data:
-                    self.said = True
-                    out.info(f"seeding {data['infohash']} on port {data['port']} (Ctrl-C to stop)")
-                self.inner.event(kind, **data)
-
+                         _rate(max_upload_rate), encryption, max_connections, not no_pex)
+        net.validate()
         with out.progress() as progress:
             r = run_seed(folder, torrent, listen=listen, net=net, for_seconds=for_seconds,
-                         until_ratio=until_ratio, progress=_Announce(progress))
+                         until_ratio=until_ratio, peers=peer or [], trackers=tracker or [],
+                         announce=not no_trackers, webseeds=webseed or [],
+                         progress=_SayStart(progress, out, lambda d: (
+                             f"seeding {d['infohash']} on port {d['port']} (Ctrl-C to stop): "
+                             f"{d['magnet']}")))
         data = {k: v for k, v in r.to_json().items() if k != "elapsed"}
         out.result({"input": str(folder), **data}, lambda c: c.print(
             f"seeded {r.infohash}: uploaded {human_bytes(r.uploaded)} (ratio {r.ratio:.2f}) to "
             f"{r.peers_seen} peers in {r.elapsed:.0f} s; stopped by {r.stopped_by}"))
         return 0
 
-    torrent_app = typer.Typer(help="Torrent files: create.", no_args_is_help=True)
+    torrent_app = typer.Typer(help="Torrent files: create, show.", no_args_is_help=True)
     app.add_typer(torrent_app, name="torrent")
 
     @torrent_app.command("create", epilog=CREATE_EPILOG)
@@ -213,4 +254,33 @@ def register(app: typer.Typer) -> None:
         out.result({"input": str(folder), "out": str(r.path), **data}, lambda c: c.print(
             f"wrote {r.path}: {r.files} files, {human_bytes(r.bytes)}, {r.num_pieces} pieces of "
             f"{r.piece_size:,} B\ninfo-hash {r.infohash}\n{r.magnet}"))
+        return 0
+
+    @torrent_app.command("show", epilog=SHOW_EPILOG)
+    def show(
+        path: Annotated[Path, typer.Argument(help="A .torrent file, or a download folder (its "
+                                             "saved .grokfetch/<infohash>.torrent).",
+                                             show_default=False)],
+        json_: JsonOpt = False,
+        quiet: QuietOpt = False,
+        verbose: VerboseOpt = False,
+    ) -> int:
+        """Print a torrent's magnet, trackers, piece size and files."""
+        from grokfetch.cli.output import Output
+        from grokfetch.torrent.create import show_torrent
+
+        out = Output("torrent show", json_mode=json_, quiet=quiet, verbose=verbose)
+        t = show_torrent(path)
+
+        def human(c) -> None:
+            c.print(f"{t.name}: {len(t.files)} files, {human_bytes(t.bytes)}, {t.num_pieces} "
+                    f"pieces of {t.piece_size:,} B\ninfo-hash {t.infohash}\n{t.magnet}", soft_wrap=True)
+            for url in t.trackers:
+                c.print(f"tracker {url}", soft_wrap=True)
+            for url in t.webseeds:
+                c.print(f"web seed {url}", soft_wrap=True)
+            for f in t.files:
+                c.print(f"{f['size']:>16,}  {f['path']}", soft_wrap=True, markup=False)
+
+        out.result({"input": str(path), **t.to_json()}, human)
         return 0

@@ -15,7 +15,10 @@ if TYPE_CHECKING:
 
 
 def on_alert(job: _Job, lt, h, a) -> None:
-    """Record one alert: hash failures, bans, file errors, finished files, resume data."""
+    """Record one alert: hash failures, bans, file errors, finished files, resume data; tracker,
+    web seed, DHT and connection alerts go to ``job.watch``."""
+    if job.watch.on_alert(lt, a):
+        return
     if isinstance(a, lt.metadata_received_alert):
         if job.sel is None:
             job.on_metadata(h)
@@ -36,16 +39,15 @@ def on_alert(job: _Job, lt, h, a) -> None:
             job.file_error = a.message()
     elif isinstance(a, lt.file_completed_alert):
         idx = int(a.index)
-        if job.sel is not None and idx < len(job.done_files) and job.sel.wanted[idx]:
+        if job.sel is not None and idx < len(job.sel.wanted) and job.sel.wanted[idx]:
             ti = h.torrent_file()
             job.progress.event("file_done", index=idx, file=ti.layout().file_path(idx))
-            if job.opts.order == "model":
-                job.reorder(h, ti)
+            job.reorder(h)
     elif isinstance(a, lt.save_resume_data_alert):
         job.saved_have = list(a.params.have_pieces)
         try:
             job.state.write_resume(a.params)
-            job.resume_error = None
+            job.resume_error, job.resume_written = None, True
         except OSError as exc:   # e.g. the disk is full; the next run re-checks the files
             job.resume_error = exc.strerror or str(exc)
         job.resume_pending = max(0, job.resume_pending - 1)
@@ -59,7 +61,7 @@ def status_event(job: _Job, lt, h, st) -> None:
     """One ``status`` progress event: state, percent, rates, ETA, peers, files in flight."""
     names = {v: k for k, v in lt.torrent_status.states.names.items()}
     rate = st.download_payload_rate
-    total = job.total(st)
+    total = st.total_wanted
     left = max(0, total - st.total_wanted_done)
     eta = round(left / rate) if rate > 0 else None
     in_flight: list[str] = []
@@ -77,4 +79,5 @@ def status_event(job: _Job, lt, h, st) -> None:
     job.progress.event("status", state=state, done=st.total_wanted_done,
                        total=total, rate=rate, upload_rate=st.upload_payload_rate,
                        eta=eta, peers=st.num_peers, seeds=st.num_seeds,
-                       hash_failures=job.hash_failures, files_in_flight=in_flight, text=text)
+                       hash_failures=job.hash_failures, files_in_flight=in_flight,
+                       received=job.watch.received, text=text)

@@ -1,4 +1,5 @@
-"""``grokfetch torrent create``: a deterministic v1 torrent of a checkpoint folder.
+"""``grokfetch torrent create``: a deterministic v1 torrent of a checkpoint folder; and
+``grokfetch torrent show``: what a torrent (or a download folder's saved one) holds.
 
 Deterministic means the same folder gives the same bytes (and info-hash) on any machine and
 any day: files sorted by path, hidden files (``.grokfetch/``, ``.*.parts``) and ``*.partial``
@@ -105,3 +106,50 @@ def create_torrent(folder: Path | str, out: Path | str, *, piece_size: int | Non
     return CreatedTorrent(out, str(ti.info_hashes().v1), ti.name(), ti.num_files(),
                           ti.total_size(), ti.piece_length(), ti.num_pieces(),
                           lt.make_magnet_uri(ti))
+
+
+@dataclass(frozen=True)
+class TorrentSummary:
+    """What ``torrent show`` prints."""
+
+    path: Path
+    infohash: str
+    name: str
+    magnet: str                  # with the announce list and web seeds
+    trackers: list[str]
+    webseeds: list[str]
+    bytes: int
+    piece_size: int
+    num_pieces: int
+    files: list[dict]            # {"path", "size"} in torrent order
+
+    def to_json(self) -> dict:
+        d = dict(self.__dict__)
+        d["path"] = str(self.path)
+        return d
+
+
+def show_torrent(path: Path | str) -> TorrentSummary:
+    """Summarize a ``.torrent`` file, or the torrent a download saved in ``path/.grokfetch/``.
+
+    Raises:
+        NotFoundError / UsageError: no such file, no saved torrent, not a torrent.
+    """
+    import libtorrent as lt
+
+    from grokfetch.torrent.seed import find_torrent
+    from grokfetch.torrent.source import announce_urls, infohash_of, load_torrent_file, web_seed_urls
+
+    path = Path(path)
+    if path.is_dir():
+        path = find_torrent(path.absolute())
+    elif not path.is_file():
+        raise NotFoundError(path, "torrent file or download folder")
+    ti = load_torrent_file(path)
+    fs = ti.layout()
+    return TorrentSummary(path, infohash_of(ti), ti.name(), lt.make_magnet_uri(ti),
+                          announce_urls(ti), web_seed_urls(ti), ti.total_size(), ti.piece_length(),
+                          ti.num_pieces(),
+                          [{"path": fs.file_path(i), "size": fs.file_size(i)}
+                           for i in range(fs.num_files())
+                           if not fs.file_flags(i) & lt.file_storage.flag_pad_file])

@@ -32,21 +32,30 @@ from grokfetch.torrent.layout import (
     pieces_of,
 )
 from grokfetch.torrent.options import DownloadOptions, DownloadResult
+from grokfetch.torrent.order import REQUEST_SECONDS, ModelOrder
+from grokfetch.torrent.seed import serve
 from grokfetch.torrent.session import (
     StopSignals,
     clear_flags,
     close_session,
     listen_port,
+    listen_wanted,
     make_session,
+    pex_flags,
     resolve_peer,
 )
-from grokfetch.torrent.source import Source, infohash_of, resolve, torrent_bytes
+from grokfetch.torrent.source import Source, announce_urls, infohash_of, resolve, torrent_bytes
 from grokfetch.torrent.state import StateFiles
+from grokfetch.torrent.swarm import STOP_TIMEOUT, SwarmWatch, announcing
 
 __all__ = ["DownloadOptions", "DownloadResult", "download"]
 
 # ``finish``: how long, in all, to wait for resume data that lists every wanted piece
 FINISH_RESUME_TIMEOUT = 60.0
+# After a magnet's metadata arrives the torrent briefly looks finished (every file priority 0),
+# so libtorrent hangs up on the seeds it got the metadata from; it may only dial them again
+# after ``min_reconnect_time`` (default 60 s). For this long after the metadata that wait is 1 s.
+RECONNECT_BOOST = 30.0
 
 
 class _Job:
@@ -59,12 +68,16 @@ class _Job:
         self.banned: list[str] = []
         self.file_error: str | None = None
         self.sel: selection.Selection | None = None
-        self.done_files: list[bool] = []
+        self.model: ModelOrder | None = None   # --order model, once the files are known
         self.checked = False
         self.resume_pending = 0
         self.resume_error: str | None = None
         self.saved_have: list[bool] = []
         self.ses = self.h = None   # the libtorrent session and torrent handle while running
+        self.watch = SwarmWatch(progress)
+        self.resume_written = False   # resume data reached the disk in this run
+        self.reconnect_time = 60          # min_reconnect_time of the session, outside the boost
+        self.boost_until: float | None = None   # see RECONNECT_BOOST
         self.start = time.monotonic()
 
     # --- setup ------------------------------------------------------------------------------
@@ -96,35 +109,30 @@ class _Job:
         free = free_bytes(self.dest)
         if remaining > free and not self.opts.force:
             raise InsufficientSpaceError(self.dest, remaining, free)
-        self.done_files = [False] * len(paths)
-        self.sizes = [fs.file_size(i) for i in range(len(paths))]
         self.wanted_pieces = pieces_of(ti, [i for i, w in enumerate(self.sel.wanted) if w])
-        self.ranges = [piece_range(ti, i) for i in range(len(paths))]
+        if self.opts.order == "model":
+            self.model = ModelOrder(self.sel, [piece_range(ti, i) for i in range(len(paths))],
+                                    ti.piece_length(), ti.num_pieces())
         return selection.base_priorities(self.sel)
 
-    def model_priorities(self, ti) -> list[int]:
-        """Model-order *piece* priorities: steps of about 4 pieces, a lookahead of 16."""
-        wanted = [i for i, w in enumerate(self.sel.wanted) if w]
-        avg = sum(self.sizes[i] for i in wanted) / max(1, len(wanted))
-        window = max(1, int(4 * ti.piece_length() // max(1, avg)))
-        lookahead = self.opts.model_lookahead or 16 * ti.piece_length()
-        prios = selection.model_order_priorities(self.sel, self.done_files, self.sizes, window,
-                                                 lookahead)
-        return selection.piece_priorities(prios, self.ranges, ti.num_pieces())
+    def reorder(self, h, st=None, force: bool = False) -> None:
+        """Keep model-order piece priorities up to date (no-op in the other orders)."""
+        if self.model is not None:
+            self.model.apply(h, st or h.status(), force)
 
-    def reorder(self, h, ti, force: bool = False) -> None:
-        """Re-apply model-order priorities when the set of finished files changed."""
-        import libtorrent as lt
+    def announce_list(self, ti) -> list[str]:
+        """The source's trackers, the torrent's own and the ``--tracker`` ones."""
+        own = announce_urls(ti) if ti is not None else []
+        return list(dict.fromkeys([*self.src.trackers, *own, *self.opts.add_trackers]))
 
-        fp = h.file_progress(flags=lt.file_progress_flags_t.piece_granularity)
-        done = [fp[i] >= self.sizes[i] for i in range(len(self.sizes))]
-        if done != self.done_files or force:
-            self.done_files = done
-            h.prioritize_pieces(self.model_priorities(ti))
+    def tracker_urls(self, ti) -> list[str]:
+        """The trackers this run announces to: none with ``--no-trackers``."""
+        return self.announce_list(ti) if self.opts.trackers else []
 
     def save_torrent(self, ti) -> None:
+        """Save the metadata once, with the announce list, so ``seed`` can announce too."""
         if not self.state.torrent.is_file():
-            write_atomic(self.state.torrent, torrent_bytes(ti))
+            write_atomic(self.state.torrent, torrent_bytes(ti, self.announce_list(ti)))
 
     def build_atp(self, lt, unclean: bool):
         atp = self.src.atp
@@ -133,7 +141,8 @@ class _Job:
         if resumed is not None:
             if resumed.ti is None:
                 resumed.ti = atp.ti
-            resumed.trackers = list(atp.trackers)
+            # the selection is this run's: saved piece priorities would override its files
+            resumed.piece_priorities = []
             atp = resumed
         self.checked = resumed is None
         if atp.ti is not None:
@@ -141,9 +150,11 @@ class _Job:
             self.save_torrent(atp.ti)
         else:
             atp.flags |= lt.torrent_flags.default_dont_download
-        if not self.opts.trackers:
-            atp.trackers = []
+        # exactly these trackers from the first moment (the .torrent's own are in the list)
+        atp.trackers = self.tracker_urls(atp.ti)
+        atp.flags |= lt.torrent_flags.override_trackers
         atp.url_seeds = list(self.opts.webseeds)
+        pex_flags(atp, self.opts.net)
         atp.save_path = str(self.dest)
         atp.storage_mode = lt.storage_mode_t.storage_mode_sparse
         clear_flags(atp)
@@ -166,12 +177,15 @@ class _Job:
         unclean = self.state.mark_running()
         # explicit peers: several may share an address, and a dropped one is re-dialled soon
         extra = {"allow_multiple_connections_per_ip": True, "min_reconnect_time": 2} if peers else {}
+        self.reconnect_time = extra.get("min_reconnect_time", 60)
         if opts.order == "model":
-            extra["initial_picker_threshold"] = 0   # no random first pieces
+            extra.update(initial_picker_threshold=0,   # no random first pieces
+                         request_queue_time=REQUEST_SECONDS)   # less in flight: closer order
         self.ses = make_session(opts.net, **extra)
+        self.watch.add_webseeds(opts.webseeds)
         try:
-            self.start_session(lt, peers, unclean)
             with StopSignals(opts.handle_signals) as stop:
+                self.start_session(lt, peers, unclean)
                 result = self.loop(lt, self.h, peers, stop)
             self.state.clear_recheck()
             self.state.clear_running()
@@ -182,20 +196,28 @@ class _Job:
         finally:
             # an error's traceback keeps this job alive: drop the session (and close its
             # listening socket) now rather than whenever the exception is collected
-            close_session(self.ses)
+            close_session(self.ses, watch=self.watch)
             self.ses = self.h = None
 
     def start_session(self, lt, peers, unclean: bool) -> None:
-        listen_port(self.ses)
+        self.port = listen_port(self.ses)
         atp = self.build_atp(lt, unclean)
         self.h = self.ses.add_torrent(atp)
-        if not self.opts.trackers:
-            self.h.replace_trackers([])   # also drops the .torrent's own announce list
-        if self.opts.order == "model" and atp.ti is not None:
-            self.reorder(self.h, atp.ti, force=True)
+        self.announce_start(lt)
+        self.reorder(self.h, force=True)
         self.dialed = False
         if atp.ti is None:   # a magnet needs peers for the metadata right away
             self.dial(peers)
+
+    def announce_start(self, lt) -> None:
+        """The info-hash, magnet and the port really listened on (another one when the asked
+        port was busy), as one ``status`` event."""
+        asked = listen_wanted(self.opts.net)
+        moved = f" ({asked} was busy)" if asked and asked != self.port else ""
+        magnet = lt.make_magnet_uri(self.h)
+        self.progress.event("status", state="starting", infohash=self.src.infohash, magnet=magnet,
+                            port=self.port, text=f"{self.src.infohash} listening on port "
+                                                 f"{self.port}{moved}")
 
     def dial(self, peers) -> None:
         for p in peers:
@@ -204,13 +226,13 @@ class _Job:
 
     def loop(self, lt, h, peers, stop: StopSignals) -> DownloadResult:
         opts, progress, ses = self.opts, self.progress, self.ses
-        last_status = last_resume = last_dial = time.monotonic()
+        last_status = last_resume = last_dial = last_diagnosis = last_dht = time.monotonic()
         last_done, last_progress_t = -1, time.monotonic()
         started_task = False
         if not h.status().has_metadata:
             progress.task("download", None, "fetching metadata")
         while True:
-            ses.wait_for_alert(200)
+            ses.wait_for_alert(50 if self.model is not None else 200)   # model: re-apply often
             for a in ses.pop_alerts():
                 on_alert(self, lt, h, a)
             if self.file_error is not None:
@@ -225,16 +247,14 @@ class _Job:
                          "files will be re-checked first")
             if stop.signum is not None:
                 self.stop_with_resume(lt, h)
-                where = (f"resume data saved to {self.state.resume}" if self.resume_error is None
-                         else self.saved_note())
-                raise Interrupted(f"interrupted; {where}",
+                raise Interrupted(f"interrupted; {self.saved_note()}",
                                   hint="run the same command again to continue")
             st = h.status()
             now = time.monotonic()
             if st.has_metadata and self.sel is None:
                 self.on_metadata(h)   # the alert was not seen (yet)
             if st.has_metadata and not started_task:
-                progress.task("download", self.total(st), f"downloading {st.name}")
+                progress.task("download", st.total_wanted, f"downloading {st.name}")
                 started_task = True
             checking = st.state in (lt.torrent_status.checking_files,
                                     lt.torrent_status.checking_resume_data,
@@ -244,13 +264,19 @@ class _Job:
             if st.total_done != last_done or checking:
                 last_done, last_progress_t = st.total_done, now
             if started_task:
-                progress.update("download", completed=st.total_wanted_done, total=self.total(st))
+                progress.update("download", completed=st.total_wanted_done, total=st.total_wanted)
+                self.watch.count_sources(lt, h)   # often: connections close when done
             if not checking and st.has_metadata and self.complete(h, st):
-                return self.finish(lt, h, st)
+                result = self.finish(lt, h, st)
+                self.keep_seeding(lt, h, stop, result)
+                return result
+            if self.boost_until is not None and now > self.boost_until:
+                self.boost_until = None
+                ses.apply_settings({"min_reconnect_time": self.reconnect_time})
+            if not checking and st.has_metadata:
+                self.reorder(h, st)
             if now - last_status >= opts.status_interval:
                 last_status = now
-                if opts.order == "model" and st.has_metadata and not checking:
-                    self.reorder(h, h.torrent_file())   # in case a file_completed alert was lost
                 status_event(self, lt, h, st)
             if peers and not self.dialed and not checking and st.has_metadata:
                 # only once priorities are in force: a torrent that looks finished says
@@ -265,28 +291,33 @@ class _Job:
                 if h.need_save_resume_data():
                     h.save_resume_data(lt.save_resume_flags_t.flush_disk_cache
                                        | lt.save_resume_flags_t.save_info_dict)
-            if opts.timeout is not None and now - last_progress_t > opts.timeout:
+            idle = now - last_progress_t
+            if opts.net.dht and now - last_dht >= 5:
+                last_dht = now
+                ses.post_dht_stats()
+            if idle >= opts.diagnose_after and now - last_diagnosis >= opts.diagnose_after:
+                last_diagnosis = now
+                self.progress.event("warning", diagnosis=True,
+                                    message=f"no progress for {idle:.0f} s: {self.diagnosis(st)}")
+            if opts.timeout is not None and idle > opts.timeout:
                 self.stop_with_resume(lt, h)
-                pct = 100.0 * st.total_wanted_done / max(1, self.total(st))
+                pct = 100.0 * st.total_wanted_done / max(1, st.total_wanted)
                 what = ("metadata (no peer sent it)" if not st.has_metadata
                         else f"data at {pct:.1f} %")
                 raise DownloadFailed(
-                    f"stalled: no progress on {what} for {opts.timeout:g} s "
-                    f"({st.num_peers} peers, {st.num_seeds} seeds)", reason="stalled",
-                    hint="check --peer addresses / network; rerun to continue (resume data saved)")
+                    f"stalled: no progress on {what} for {opts.timeout:g} s ({self.diagnosis(st)})",
+                    reason="stalled", hint=f"check --peer/--tracker/--webseed addresses and the "
+                                           f"network; rerun to continue ({self.saved_note()})")
 
-    def total(self, st) -> int:
-        """Bytes wanted; in model order libtorrent's total_wanted only covers the lookahead."""
-        if self.opts.order == "model" and self.sel is not None:
-            return sum(n for n, w in zip(self.sizes, self.sel.wanted, strict=True) if w)
-        return st.total_wanted
+    def diagnosis(self, st) -> str:
+        return self.watch.diagnosis(dht=self.opts.net.dht, peers=st.num_peers, seeds=st.num_seeds,
+                                    listen_port=self.port)
 
     def complete(self, h, st) -> bool:
         """Every piece of the selected files is marked have; libtorrent sets that bit only
         after the piece's SHA-1 matched (on arrival, or during the file check)."""
         if st.total_wanted == 0 or st.total_wanted_done < st.total_wanted:
-            if self.opts.order != "model":   # model order defers files: wanted < selected
-                return False
+            return False
         pieces = st.pieces
         return all(pieces[i] for i in self.wanted_pieces)
 
@@ -297,13 +328,20 @@ class _Job:
             raise DownloadFailed("peer sent metadata for another torrent", reason="metadata")
         self.save_torrent(ti)
         h.prioritize_files(self.plan(ti))
-        if self.opts.order == "model":
-            self.reorder(h, ti, force=True)
+        self.reorder(h, force=True)
+        # dial the peers that were dropped while the torrent looked finished again at once
+        self.ses.apply_settings({"min_reconnect_time": 1})
+        self.boost_until = time.monotonic() + RECONNECT_BOOST
         self.progress.event("status", text=f"metadata received: {ti.num_files()} files, "
                                            f"{ti.total_size():,} bytes", state="metadata")
 
     def stop_with_resume(self, lt, h, timeout: float = 20.0) -> None:
         """Pause, write resume data atomically, and wait for it (best effort on timeout)."""
+        settle = time.monotonic() + STOP_TIMEOUT
+        while announcing(h) and time.monotonic() < settle:
+            self.ses.wait_for_alert(50)
+            for a in self.ses.pop_alerts():
+                on_alert(self, lt, h, a)
         with contextlib.suppress(RuntimeError):
             h.pause()
         if not h.status().has_metadata:
@@ -322,12 +360,33 @@ class _Job:
             self.state.clear_running()
 
     def saved_note(self) -> str:
-        if self.resume_error is None:
-            return "saved resume data"
-        return f"could not save resume data ({self.resume_error}); the next run re-checks the files"
+        """What became of the resume data, true to the files on disk."""
+        if self.resume_error is not None:
+            return (f"could not save resume data ({self.resume_error}); the next run re-checks "
+                    "the files")
+        if self.resume_written and self.state.resume.is_file():
+            return f"resume data saved to {self.state.resume}"
+        if self.sel is None:
+            return "nothing to resume yet (the metadata had not arrived)"
+        return "no resume data saved; the next run re-checks the files"
+
+    def keep_seeding(self, lt, h, stop: StopSignals, result: DownloadResult) -> None:
+        """``--seed-ratio`` / ``--seed-time``: serve the finished files before returning."""
+        o = self.opts
+        if o.seed_ratio is None and o.seed_time is None:
+            return
+        h.resume()
+        self.progress.task("seed", None, f"seeding {result.name}")
+        r = serve(self.ses, h, size=result.bytes, stop=stop, for_seconds=o.seed_time,
+                  until_ratio=o.seed_ratio, on_alert=lambda a: on_alert(self, lt, h, a),
+                  progress=self.progress, interval=o.status_interval)
+        self.progress.done("seed")
+        result.uploaded, result.seeded = r.uploaded, r.seconds
+        self.stop_with_resume(lt, h)
 
     def finish(self, lt, h, st) -> DownloadResult:
         self.progress.done("download")
+        self.watch.count_sources(lt, h)
         # the last piece may still be in flight to the disk: save until the resume data agrees
         deadline = time.monotonic() + FINISH_RESUME_TIMEOUT
         while True:
@@ -352,7 +411,8 @@ class _Job:
             wanted_pieces=len(self.wanted_pieces), num_pieces=ti.num_pieces(),
             downloaded=st.total_payload_download, hash_failures=self.hash_failures,
             banned_peers=list(self.banned), checked=self.checked,
-            elapsed=time.monotonic() - self.start)
+            elapsed=time.monotonic() - self.start, from_peers=self.watch.received["peers"],
+            from_webseeds=self.watch.received["web_seeds"])
 
 
 def download(source: str | Path | None, dest: str | Path, options: DownloadOptions | None = None,

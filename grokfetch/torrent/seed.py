@@ -7,6 +7,7 @@ folder (holding ``<torrent name>/`` and ``.grokfetch/``) or the content folder i
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +22,12 @@ from grokfetch.torrent.session import (
     close_session,
     listen_port,
     make_session,
+    pex_flags,
+    resolve_peer,
 )
-from grokfetch.torrent.source import STATE_DIR, infohash_of, load_torrent_file
+from grokfetch.torrent.source import STATE_DIR, announce_urls, infohash_of, load_torrent_file
 from grokfetch.torrent.state import StateFiles
+from grokfetch.torrent.swarm import SwarmWatch
 
 
 def find_torrent(folder: Path) -> Path:
@@ -74,7 +78,8 @@ class Seeder:
     def __init__(self, folder: Path | str, torrent: Path | str | None = None,
                  listen: tuple[str, int] | str = ("127.0.0.1", 0), *, net: NetOptions | None = None,
                  assume_complete: bool = False, upload_rate: int | None = None,
-                 trackers: list[str] | None = None):
+                 trackers: list[str] | None = None, announce: bool = True,
+                 webseeds: list[str] | None = None, progress: Progress = NULL_PROGRESS):
         self.folder = Path(folder).absolute()
         if not self.folder.is_dir():
             raise NotFoundError(self.folder, "folder to seed")
@@ -84,10 +89,13 @@ class Seeder:
         self.save_path = save_path_for(self.folder, self.ti)
         listen_s = listen if isinstance(listen, str) else f"{listen[0]}:{listen[1]}"
         base = net or NetOptions(dht=False, lsd=False, upnp=False, utp=False)
-        self.net = NetOptions(listen_s, base.dht, base.lsd, base.upnp, base.utp,
-                              base.max_download_rate, upload_rate or base.max_upload_rate)
+        self.net = dataclasses.replace(base, listen=listen_s,
+                                       max_upload_rate=upload_rate or base.max_upload_rate)
         self.assume_complete = assume_complete
         self.trackers = list(trackers or [])
+        self.announce = announce
+        self.webseeds = list(webseeds or [])
+        self.watch = SwarmWatch(progress)
         self.session = self.handle = None
         self.port = 0
 
@@ -96,6 +104,7 @@ class Seeder:
         atp = None
         if not self.assume_complete and not state.running.exists() and not state.recheck.exists():
             atp = state.read_resume()
+        saved = list(atp.trackers) if atp is not None else []
         if atp is None:
             atp = lt.add_torrent_params()
             if self.assume_complete:
@@ -104,7 +113,14 @@ class Seeder:
                 atp.flags |= lt.torrent_flags.seed_mode
         atp.ti = self.ti
         atp.save_path = str(self.save_path)
-        atp.trackers = self.trackers   # added to the torrent's own announce list
+        # the torrent's own announce list, the download's (resume data) and the extra ones;
+        # override_trackers makes this the whole list (resume data sets the flag anyway)
+        urls = list(dict.fromkeys([*announce_urls(self.ti), *saved, *self.trackers]))
+        atp.trackers = urls if self.announce else []
+        atp.tracker_tiers = list(range(len(atp.trackers)))
+        atp.flags |= lt.torrent_flags.override_trackers
+        atp.url_seeds = self.webseeds
+        pex_flags(atp, self.net)
         clear_flags(atp)
         atp.flags |= lt.torrent_flags.upload_mode   # never download or write
         return atp
@@ -122,7 +138,7 @@ class Seeder:
 
     def close(self) -> None:
         if self.session is not None:
-            close_session(self.session)
+            close_session(self.session, watch=self.watch)
             self.session = self.handle = None
 
     def connect(self, host: str, port: int) -> None:
@@ -149,14 +165,16 @@ class Seeder:
 
 
 def _preset_trackers(folder: Path | str, torrent: Path | str | None) -> list[str]:
-    """The official trackers when seeding a preset torrent (saved metadata carries none)."""
+    """The preset's trackers when seeding a preset torrent (metadata saved by older grokfetch
+    versions carries no announce list)."""
     from grokfetch.torrent.source import PRESET_SOURCES
 
     path = Path(torrent) if torrent is not None else find_torrent(Path(folder).absolute())
     ih = path.stem.lower()
     if torrent is not None:
         ih = infohash_of(load_torrent_file(path))
-    return next((list(p["trackers"]) for p in PRESET_SOURCES.values() if p["infohash"] == ih), [])
+    return next(([*p["trackers"], *p.get("extra_trackers", [])] for p in PRESET_SOURCES.values()
+                 if p["infohash"] == ih), [])
 
 
 @dataclass
@@ -173,40 +191,75 @@ class SeedResult:
         return dict(self.__dict__)
 
 
+@dataclass
+class Served:
+    """How a :func:`serve` loop ended."""
+
+    uploaded: int
+    ratio: float
+    peers_seen: int
+    seconds: float
+    stopped_by: str   # "time" | "ratio" | "signal"
+
+
+def serve(ses, h, *, size: int, stop: StopSignals, on_alert, for_seconds: float | None = None,
+          until_ratio: float | None = None, progress: Progress = NULL_PROGRESS,
+          interval: float = 1.0) -> Served:
+    """Serve torrent ``h`` until a signal, ``for_seconds`` or ``uploaded / size >= until_ratio``;
+    every alert goes to ``on_alert``, a ``status`` event every ``interval`` s. Used by ``seed``
+    and by ``download --seed-ratio / --seed-time``.
+
+    Raises:
+        CheckFailed: the torrent stopped with an error (e.g. its files went away).
+    """
+    start, last, peers_seen = time.monotonic(), 0.0, 0
+    while True:
+        ses.wait_for_alert(200)
+        for a in ses.pop_alerts():
+            on_alert(a)
+        st, now = h.status(), time.monotonic()
+        peers_seen = max(peers_seen, st.num_peers)
+        ratio = st.total_payload_upload / size if size else 0.0
+        if now - last >= interval:
+            last = now
+            progress.event("status", state="seeding", peers=st.num_peers,
+                           uploaded=st.total_payload_upload, ratio=round(ratio, 3),
+                           upload_rate=st.upload_payload_rate,
+                           text=f"seeding: {st.num_peers} peers, uploaded "
+                                f"{st.total_payload_upload:,} B (ratio {ratio:.2f})")
+        if st.errc.value() != 0 and st.errc.message():
+            raise CheckFailed(f"seeding stopped: {st.errc.message()}")
+        why = ("signal" if stop.signum is not None
+               else "time" if for_seconds is not None and now - start >= for_seconds
+               else "ratio" if until_ratio is not None and ratio >= until_ratio else None)
+        if why is not None:
+            return Served(st.total_payload_upload, ratio, peers_seen, now - start, why)
+
+
 def seed(folder: Path | str, torrent: Path | str | None = None, *, listen: str = "0.0.0.0:6881",
          net: NetOptions | None = None, for_seconds: float | None = None,
-         until_ratio: float | None = None, progress: Progress = NULL_PROGRESS) -> SeedResult:
-    """Serve ``folder`` until SIGINT/SIGTERM, ``for_seconds`` or an upload ``until_ratio``."""
-    start = time.monotonic()
-    trackers = _preset_trackers(folder, torrent)
-    with StopSignals() as stop, Seeder(folder, torrent, listen, net=net, trackers=trackers) as s:
+         until_ratio: float | None = None, peers: list[str] | None = None,
+         trackers: list[str] | None = None, announce: bool = True,
+         webseeds: list[str] | None = None, progress: Progress = NULL_PROGRESS) -> SeedResult:
+    """Serve ``folder`` until SIGINT/SIGTERM, ``for_seconds`` or an upload ``until_ratio``.
+
+    Announces to the saved torrent's trackers (the download's announce list), the preset's and
+    ``trackers``; none when ``announce`` is False. ``peers`` ("HOST:PORT") are dialled.
+    """
+    import libtorrent as lt
+
+    extra = [*_preset_trackers(folder, torrent), *(trackers or [])]
+    dial = [resolve_peer(p) for p in peers or []]
+    with StopSignals() as stop, Seeder(folder, torrent, listen, net=net, trackers=extra,
+                                       announce=announce, webseeds=webseeds,
+                                       progress=progress) as s:
         progress.task("seed", None, f"seeding {s.ti.name()}")
         progress.event("status", text=f"seeding {s.ti.name()} on port {s.port}", port=s.port,
-                       infohash=s.infohash, state="seeding")
-        total = s.ti.total_size()
-        peers_seen, why, last = 0, "signal", 0.0
-        while True:
-            st = s.handle.status()
-            peers_seen = max(peers_seen, st.num_peers)
-            ratio = st.total_payload_upload / total if total else 0.0
-            now = time.monotonic()
-            if now - last >= 1.0:
-                last = now
-                progress.event("status", state="seeding", peers=st.num_peers,
-                               uploaded=st.total_payload_upload, ratio=round(ratio, 3),
-                               upload_rate=st.upload_payload_rate,
-                               text=f"seeding: {st.num_peers} peers, uploaded "
-                                    f"{st.total_payload_upload:,} B (ratio {ratio:.2f})")
-            if st.errc.value() != 0 and st.errc.message():
-                raise CheckFailed(f"seeding stopped: {st.errc.message()}")
-            if stop.signum is not None:
-                break
-            if for_seconds is not None and now - start >= for_seconds:
-                why = "time"
-                break
-            if until_ratio is not None and ratio >= until_ratio:
-                why = "ratio"
-                break
-            time.sleep(0.2)
-        return SeedResult(s.infohash, s.port, st.total_payload_upload, ratio, peers_seen,
-                          time.monotonic() - start, why)
+                       infohash=s.infohash, magnet=lt.make_magnet_uri(s.ti), state="seeding")
+        for p in dial:
+            s.connect(*p)
+        r = serve(s.session, s.handle, size=s.ti.total_size(), stop=stop,
+                  on_alert=lambda a: s.watch.on_alert(lt, a), for_seconds=for_seconds,
+                  until_ratio=until_ratio, progress=progress)
+        return SeedResult(s.infohash, s.port, r.uploaded, r.ratio, r.peers_seen, r.seconds,
+                          r.stopped_by)

@@ -1,5 +1,5 @@
-"""Which files of a torrent to fetch, and in what order (``--include/--exclude``, ``--layers``,
-``--order model``).
+"""Which files of a torrent to fetch (``--include/--exclude``, ``--layers``) and each tensor
+file's model rank (used by :mod:`grokfetch.torrent.order` for ``--order model``).
 
 Tensor files are matched to the tensor table by their basename (``tensorNNNNN_000``); the
 table, not this module, knows which file holds which layer and what model order is.
@@ -74,40 +74,3 @@ def select(paths: list[str], table: TensorTable | None, *, include: list[str] | 
 def base_priorities(sel: Selection) -> list[int]:
     """File priorities without ordering: 4 for wanted, 0 (not created) for the rest."""
     return [4 if w else 0 for w in sel.wanted]
-
-
-def model_order_priorities(sel: Selection, done: list[bool], sizes: list[int], window: int,
-                           lookahead: int) -> list[int]:
-    """Priorities that make files complete in model order.
-
-    Wanted, unfinished files are sorted by model rank (non-tensor files first: they are small
-    and conversion needs the tokenizer). Files in the first ``lookahead`` bytes of that queue
-    get 7 for the first ``window`` files, 6 for the next ``window``, ... down to 1; files past
-    the lookahead get 0 for now and move up as files finish. Finished files keep 1, unwanted 0.
-    Apply these as *piece* priorities (:func:`piece_priorities`): a file priority of 0 would
-    send boundary data to the part file, and flipping it later made libtorrent 2.1.1 fail with
-    "file too short".
-    """
-    order = [i for i, w in enumerate(sel.wanted) if w and not done[i]]
-    order.sort(key=lambda i: (-1 if sel.model_rank[i] is None else sel.model_rank[i], i))
-    prios = [LOW if w else 0 for w in sel.wanted]
-    ahead = 0
-    for pos, i in enumerate(order):
-        if pos > 0 and ahead >= lookahead:
-            prios[i] = 0
-        else:
-            prios[i] = max(LOW, TOP - pos // max(1, window))
-        ahead += sizes[i]
-    return prios
-
-
-def piece_priorities(file_prios: list[int], piece_ranges: list[tuple[int, int]],
-                     num_pieces: int) -> list[int]:
-    """Per-piece priority = the highest priority of the files it holds bytes of."""
-    out = [0] * num_pieces
-    for prio, (first, last) in zip(file_prios, piece_ranges, strict=True):
-        if prio:
-            for p in range(first, last + 1):
-                if out[p] < prio:
-                    out[p] = prio
-    return out

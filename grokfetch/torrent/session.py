@@ -15,9 +15,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from grokfetch.errors import UsageError
+from grokfetch.torrent.swarm import SwarmWatch
 
 USER_AGENT = "grokfetch/0.1"
 DEFAULT_LISTEN = "0.0.0.0:6881,[::]:6881"
+# DHT bootstrap routers beside libtorrent's single default
+DHT_ROUTERS = ("dht.libtorrent.org:25401,router.bittorrent.com:6881,router.utorrent.com:6881,"
+               "dht.transmissionbt.com:6881,dht.aelitis.com:6881")
+ENCRYPTION = ("enabled", "required", "disabled")   # --encryption: allowed / forced / plaintext only
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,16 @@ class NetOptions:
     utp: bool = True
     max_download_rate: int | None = None   # bytes/s, applied to local peers too
     max_upload_rate: int | None = None
+    encryption: str = "enabled"        # one of ENCRYPTION
+    max_connections: int | None = None  # session connection limit (libtorrent default 200)
+    pex: bool = True                   # peer exchange (a torrent flag; see pex_flags)
+
+    def validate(self) -> None:
+        if self.encryption not in ENCRYPTION:
+            raise UsageError(f"bad --encryption {self.encryption!r}; choose one of "
+                             f"{', '.join(ENCRYPTION)}")
+        if self.max_connections is not None and self.max_connections < 2:
+            raise UsageError("--max-connections must be at least 2")
 
 
 def parse_hostport(text: str, what: str = "peer") -> tuple[str, int]:
@@ -67,12 +82,19 @@ def listen_interfaces(listen: str | None) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def listen_wanted(net: NetOptions) -> int | None:
+    """The port ``--listen`` asks for (6881 by default); None for "any" (port 0)."""
+    if net.listen is None:
+        return int(DEFAULT_LISTEN.rsplit(":", 1)[1])
+    return parse_hostport(net.listen, "listen address")[1] or None
+
+
 def settings(net: NetOptions, **extra: Any) -> dict[str, Any]:
     """A settings dict for ``lt.session(...)``."""
     import libtorrent as lt
 
     cat = lt.alert_category
-    mask = cat.error | cat.status | cat.storage | cat.file_progress | cat.peer
+    mask = cat.error | cat.status | cat.storage | cat.file_progress | cat.peer | cat.tracker | cat.connect
     s: dict[str, Any] = {
         "listen_interfaces": listen_interfaces(net.listen),
         "enable_dht": net.dht, "enable_lsd": net.lsd,
@@ -84,7 +106,17 @@ def settings(net: NetOptions, **extra: Any) -> dict[str, Any]:
         "upload_rate_limit": net.max_upload_rate or 0,
         "hashing_threads": 2,
         "alert_queue_size": 10000,
+        # a thin public swarm: every tracker and tier is worth asking
+        "announce_to_all_trackers": True, "announce_to_all_tiers": True,
+        "dht_bootstrap_nodes": DHT_ROUTERS,
     }
+    policy = {"enabled": lt.enc_policy.pe_enabled, "required": lt.enc_policy.pe_forced,
+              "disabled": lt.enc_policy.pe_disabled}[net.encryption]
+    s["out_enc_policy"] = s["in_enc_policy"] = int(policy)
+    s["allowed_enc_level"] = int(lt.enc_level.pe_rc4 if net.encryption == "required"
+                                 else lt.enc_level.pe_both)
+    if net.max_connections:
+        s["connections_limit"] = net.max_connections
     if net.listen is not None and net.listen.rsplit(":", 1)[0].strip("[]") in ("127.0.0.1", "::1", "localhost"):
         # several test peers share one address
         s["allow_multiple_connections_per_ip"] = True
@@ -121,6 +153,14 @@ def listen_port(ses, timeout: float = 5.0) -> int:
         time.sleep(0.02)
 
 
+def pex_flags(atp, net: NetOptions) -> None:
+    """Peer exchange is per torrent: ``--no-pex`` sets ``disable_pex`` on ``atp``."""
+    import libtorrent as lt
+
+    if not net.pex:
+        atp.flags |= lt.torrent_flags.disable_pex
+
+
 def clear_flags(atp) -> None:
     """Start the torrent now: clear *both* ``paused`` and ``auto_managed`` (see notes)."""
     import libtorrent as lt
@@ -128,15 +168,25 @@ def clear_flags(atp) -> None:
     atp.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
 
 
-def close_session(ses, timeout: float = 5.0) -> None:
-    """Pause ``ses`` and close its listening sockets now (waits up to ``timeout`` s).
+def close_session(ses, timeout: float = 5.0, watch: SwarmWatch | None = None) -> None:
+    """Pause ``ses``, let its trackers hear ``event=stopped`` (when ``watch`` saw them told
+    ``started``), and close its listening sockets now (waits up to ``timeout`` s).
 
     The Python binding has no ``session.abort()``: the session only goes when its last
     reference does, and an exception's traceback can keep one alive. Closing the sockets
-    frees the port (and stops peers connecting) deterministically either way.
+    frees the port (and stops peers connecting) deterministically either way; it also cuts
+    announces still in flight, hence the wait for the ``stopped`` ones first.
     """
+    import libtorrent as lt
+
+    if watch is not None:
+        with contextlib.suppress(Exception):
+            watch.settle(lt, ses)
     with contextlib.suppress(Exception):
         ses.pause()
+    if watch is not None:
+        with contextlib.suppress(Exception):
+            watch.wait_stopped(lt, ses)
     with contextlib.suppress(Exception):
         ses.apply_settings({"listen_interfaces": ""})   # applied on the network thread
         deadline = time.monotonic() + timeout

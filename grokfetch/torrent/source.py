@@ -7,6 +7,7 @@ that file, so a rerun never waits for peers to serve metadata again.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -20,6 +21,14 @@ PRESET_SOURCES: dict[str, dict] = {
             "https://academictorrents.com/announce.php",
             "udp://tracker.coppersurfer.tk:6969",
             "udp://tracker.opentrackr.org:1337/announce",
+        ],
+        # beside the magnet's own list (kept as published; coppersurfer is long dead): public
+        # trackers that have answered for years (not checked from here: no internet)
+        "extra_trackers": [
+            "udp://open.stealth.si:80/announce",
+            "udp://tracker.torrent.eu.org:451/announce",
+            "udp://exodus.desync.com:6969/announce",
+            "udp://open.demonii.com:1337/announce",
         ],
         "model_preset": "grok-1",
     },
@@ -90,9 +99,11 @@ def resolve(source: str | Path | None, dest: Path) -> Source:
 
     text = str(source) if source is not None else DEFAULT_SOURCE
     model_preset = None
+    extra: list[str] = []
     if text in PRESET_SOURCES:
         kind, magnet = "preset", preset_magnet(text)
         model_preset = PRESET_SOURCES[text]["model_preset"]
+        extra = PRESET_SOURCES[text].get("extra_trackers", [])
     elif text.startswith("magnet:"):
         kind, magnet = "magnet", text
     else:
@@ -112,7 +123,8 @@ def resolve(source: str | Path | None, dest: Path) -> Source:
     if not (ih.has_v1() or ih.has_v2()):
         raise UsageError(f"magnet URI has no info-hash (xt=urn:btih:...): {text[:80]}")
     infohash = str(ih.v1) if ih.has_v1() else str(ih.v2)[:40]
-    trackers = list(atp.trackers)
+    trackers = list(dict.fromkeys([*atp.trackers, *extra]))
+    atp.trackers = trackers
     src = Source(kind, text, infohash, atp, trackers, model_preset)
     saved = saved_torrent_path(dest, infohash)
     if saved.is_file():
@@ -128,8 +140,23 @@ def resolve(source: str | Path | None, dest: Path) -> Source:
     return src
 
 
-def torrent_bytes(ti) -> bytes:
-    """Bencoded .torrent of a ``torrent_info`` (``write_torrent_file_buf`` crashes in 2.1.1).
+def announce_urls(ti) -> list[str]:
+    """The announce URLs a ``torrent_info`` carries (its own list, tiers in order)."""
+    with warnings.catch_warnings():   # trackers() is deprecated in the bindings, not replaced
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return [t.url for t in sorted(ti.trackers(), key=lambda t: t.tier)]
+
+
+def web_seed_urls(ti) -> list[str]:
+    """The web seed URLs a ``torrent_info`` carries."""
+    with warnings.catch_warnings():   # web_seeds() likewise
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return [w["url"] for w in ti.web_seeds()]
+
+
+def torrent_bytes(ti, trackers: list[str] | None = None) -> bytes:
+    """Bencoded .torrent of a ``torrent_info`` (``write_torrent_file_buf`` crashes in 2.1.1),
+    announcing to ``trackers`` (one tier each, in order; default: the torrent's own list).
 
     v2/hybrid metadata received from peers has no piece layers yet; they are not needed to
     resume (libtorrent fetches them again), so their absence must not fail the save.
@@ -138,4 +165,6 @@ def torrent_bytes(ti) -> bytes:
 
     atp = lt.add_torrent_params()
     atp.ti = ti
+    urls = announce_urls(ti) if trackers is None else trackers
+    atp.trackers, atp.tracker_tiers = list(urls), list(range(len(urls)))
     return lt.bencode(lt.write_torrent_file(atp, lt.write_flags.allow_missing_piece_layer))
