@@ -93,22 +93,16 @@ def _chunk_nbytes(a: ArrayPlan) -> int:
     return math.prod(a.chunk) * a.dtype.itemsize
 
 
-def _stored_nbytes(a: ArrayPlan) -> int:
-    """Bytes of every chunk of ``a`` (edge chunks are stored whole, padded with zeros)."""
-    return math.prod(-(-n // c) for n, c in zip(a.shape, a.chunk, strict=True)) * _chunk_nbytes(a)
-
-
 def data_files(arrays: list[ArrayPlan]) -> list[list[ArrayPlan]]:
     """The arrays of each data file, in plan order, cut at :data:`TARGET_DATA_FILE_SIZE`."""
     files: list[list[ArrayPlan]] = [[]]
     size = 0
     for a in arrays:
-        n = _stored_nbytes(a)
-        if files[-1] and size + n > TARGET_DATA_FILE_SIZE:
+        if files[-1] and size + a.nbytes > TARGET_DATA_FILE_SIZE:
             files.append([])
             size = 0
         files[-1].append(a)
-        size += n
+        size += a.nbytes
     return files
 
 
@@ -120,14 +114,15 @@ def _file_id(i: int) -> str:
 
 def tree_entries(files: list[list[ArrayPlan]]) -> dict[bytes, bytes | Ref]:
     """Every key of the database: each array's ``zarr.json`` and its chunks (``c/i/j/...``) at
-    their offsets in the data files, which the plan fixes."""
+    their offsets in the data files, which the plan fixes (chunks tile an array exactly, see
+    :mod:`grokfetch.convert.jax_layout`, and are stored in C order of the chunk grid)."""
     entries: dict[bytes, bytes | Ref] = {}
     for i, arrays in enumerate(files):
         offset = 0
         for a in arrays:
             entries[f"{a.name}/zarr.json".encode()] = zarr_json(a)
             step = _chunk_nbytes(a)
-            grid = [range(-(-n // c)) for n, c in zip(a.shape, a.chunk, strict=True)]
+            grid = [range(n // c) for n, c in zip(a.shape, a.chunk, strict=True)]
             for idx in itertools.product(*grid):  # C order, as a.chunk_regions()
                 key = "/".join([a.name, "c", *map(str, idx)]).encode()
                 entries[key] = Ref(_file_id(i), offset, step)
@@ -221,9 +216,9 @@ class JaxTarget(Target, name="jax"):
         arrays = self.arrays()
         groups, ocdbt = ocdbt_files(arrays)
         files = [OutputFile(f"{DATA_DIR}/{_file_id(i)}",
-                            [OutputItem(key=a.name, specs=(a.spec,), nbytes=_stored_nbytes(a),
+                            [OutputItem(key=a.name, specs=(a.spec,), nbytes=a.nbytes,
                                         in_bytes=a.nbytes, meta={"array": a}) for a in group],
-                            sum(_stored_nbytes(a) for a in group))
+                            sum(a.nbytes for a in group))
                  for i, group in enumerate(groups)]
         custom = {"producer": "grokfetch", "mesh": list(self.mesh), "axes": list(AXES),
                   "model": self.out_config.name}
@@ -243,10 +238,6 @@ class JaxTarget(Target, name="jax"):
                 mapped = 0
                 for region in a.chunk_regions():
                     data = source_region(src, a, region)
-                    if data.shape != a.chunk:  # an edge chunk: stored whole, zero-padded
-                        full = np.zeros(a.chunk, a.dtype)
-                        full[tuple(slice(0, n) for n in data.shape)] = data
-                        data = full
                     sink.write(data)
                     progress.advance(TENSOR_TASK, data.nbytes)
                     mapped += data.nbytes
