@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from grokfetch.convert.base import TENSOR_TASK, OutputFile, OutputItem, Target
+from grokfetch.convert.base import TENSOR_TASK, OutputFile, OutputItem, Target, pack_by_size
 from grokfetch.convert.jax_layout import (
     AXES,
     ROOT_KEY,
@@ -63,7 +63,8 @@ HANDLER = "orbax.checkpoint._src.handlers.standard_checkpoint_handler.StandardCh
 #: The OCDBT limits orbax 0.12 writes with (see :mod:`grokfetch.convert.ocdbt` for the rest).
 MAX_INLINE_VALUE_BYTES = 1024
 MAX_DECODED_NODE_BYTES = 100_000_000
-#: A new data file starts when the next array would take the current one past this size.
+#: A new data file starts when the next array would take the current one past this size
+#: (arrays in plan order; a larger array gets a file of its own).
 TARGET_DATA_FILE_SIZE = 2 * 1024**3
 #: Input bytes after which mapped checkpoint pages are released while writing one array.
 RELEASE_BYTES = 64 * 1024 * 1024
@@ -91,19 +92,6 @@ def zarr_json(a: ArrayPlan) -> bytes:
 
 def _chunk_nbytes(a: ArrayPlan) -> int:
     return math.prod(a.chunk) * a.dtype.itemsize
-
-
-def data_files(arrays: list[ArrayPlan]) -> list[list[ArrayPlan]]:
-    """The arrays of each data file, in plan order, cut at :data:`TARGET_DATA_FILE_SIZE`."""
-    files: list[list[ArrayPlan]] = [[]]
-    size = 0
-    for a in arrays:
-        if files[-1] and size + a.nbytes > TARGET_DATA_FILE_SIZE:
-            files.append([])
-            size = 0
-        files[-1].append(a)
-        size += a.nbytes
-    return files
 
 
 def _file_id(i: int) -> str:
@@ -141,7 +129,7 @@ def ocdbt_files(arrays: list[ArrayPlan]) -> tuple[list[list[ArrayPlan]], dict[st
     """The data files' arrays and the other OCDBT files (relative to OUT) with their bytes: the
     index (b-tree nodes) and the per-process manifest in ``ocdbt.process_0/``, and the root
     ``manifest.ocdbt`` whose tree is the per-process one (what orbax's merge step makes)."""
-    files = data_files(arrays)
+    files = pack_by_size(arrays, lambda a: a.nbytes, TARGET_DATA_FILE_SIZE)
     index = _file_id(len(files))
     configs = [Config(_uuid(arrays, role), MAX_INLINE_VALUE_BYTES, MAX_DECODED_NODE_BYTES)
                for role in (DATA_DIR, "root")]
