@@ -10,7 +10,7 @@ Cases, each run in a fresh subprocess so that peak RSS is its own:
 - ``st``: grokfetch, hf layout, bf16 (dequantize + transpose + stream, bounded memory);
 - ``st_anchor``: ``safetensors.numpy.save_file`` of the same tensors, each source tensor (one
   expert at a time) dequantized with ``TensorFile.dequantize`` and transposed fully in memory;
-- ``jax``: grokfetch, tensorstore zarr3/OCDBT chunked for a 1x8 mesh;
+- ``jax``: grokfetch, zarr3 in OCDBT (its own deterministic encoder) chunked for a 1x8 mesh;
 - ``jax_anchor``: orbax ``StandardCheckpointer().save`` of the whole layer as in-memory
   ``jax.Array``s sharded on 8 simulated CPU devices (timing includes the ``device_put``).
 

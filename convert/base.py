@@ -54,9 +54,10 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 from grokfetch.errors import UsageError
 from grokfetch.progress import Progress
@@ -68,6 +69,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from grokfetch.checkpoint.reader import Checkpoint
 
+T = TypeVar("T")
 #: Default row-chunk size: how many bytes of float32 rows one worker materialises at a time.
 DEFAULT_CHUNK_BYTES = 16 * 1024 * 1024
 DEFAULT_SHARD_SIZE = 5_000_000_000
@@ -298,3 +300,18 @@ def parse_experts(text: str | None, num_experts: int) -> tuple[int, ...] | None:
     if not sel:
         raise UsageError("--experts selects no expert")
     return tuple(sel)
+
+
+def pack_by_size(items: list[T], size: Callable[[T], int], limit: int) -> list[list[T]]:
+    """``items`` cut into consecutive runs, in order: a new run starts when the next item would
+    take the current one past ``limit`` (an item larger than ``limit`` gets a run of its own)."""
+    runs: list[list[T]] = [[]]
+    total = 0
+    for item in items:
+        n = size(item)
+        if runs[-1] and total + n > limit:
+            runs.append([])
+            total = 0
+        runs[-1].append(item)
+        total += n
+    return runs

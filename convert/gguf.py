@@ -29,7 +29,14 @@ from typing import Any
 import numpy as np
 from gguf import GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType, GGUFValueType, GGUFWriter, Keys, TokenType
 from gguf.gguf_writer import WriterState
-from grokfetch.convert.base import TENSOR_TASK, OutputFile, OutputItem, Target, check_output_name
+from grokfetch.convert.base import (
+    TENSOR_TASK,
+    OutputFile,
+    OutputItem,
+    Target,
+    check_output_name,
+    pack_by_size,
+)
 from grokfetch.convert.gguf_read import (  # noqa: F401  (iter_params, open_gguf: re-exported for smoke)
     ARCH,
     KEY_SCHEME,
@@ -258,15 +265,8 @@ class GGUFTarget(Target, name="gguf"):
         limit = self.options.split_size
         if not limit:
             return [self.tensors]
-        groups: list[list[TensorPlan]] = [[]]
-        size = 0
-        for t in self.tensors:  # gguf-py's rule: a new file when this tensor would overflow
-            if groups[-1] and size + t.nbytes > limit:
-                groups.append([])
-                size = 0
-            groups[-1].append(t)
-            size += t.nbytes
-        return groups
+        # gguf-py's rule: a new file when this tensor would overflow
+        return pack_by_size(self.tensors, lambda t: t.nbytes, limit)
 
     def plan(self) -> list[OutputFile]:
         groups = self._groups()

@@ -1,15 +1,21 @@
 """``grokfetch convert --to jax``: a re-sharded tensorstore checkpoint that orbax restores.
 
 The output folder *is* an orbax-checkpoint 0.12 checkpoint, laid out the way orbax itself
-writes one (zarr3 arrays in OCDBT, one database per process merged into a root database)::
+writes one (zarr3 arrays in OCDBT, one database per process and a root database over it)::
 
-    OUT/ocdbt.process_0/          the arrays (zarr3, raw bytes codec), written as *.partial/
-    OUT/manifest.ocdbt, OUT/d/    the root OCDBT database referencing them (merged at the end)
+    OUT/ocdbt.process_0/d/<32 hex>  the chunks of the arrays, in plan order (data files 0..n-1)
+    OUT/ocdbt.process_0/d/<n>       the b-tree index (every key, each array's zarr.json inline)
+    OUT/ocdbt.process_0/manifest.ocdbt, OUT/manifest.ocdbt   the per-process and root manifests
     OUT/_sharding                 NamedSharding of every array for the --mesh (device ids 0..N-1)
     OUT/array_metadatas/process_0 write/chunk shapes
     OUT/_CHECKPOINT_METADATA      orbax's step metadata
     OUT/_METADATA                 the tree (written last: orbax's commit marker)
     OUT/model-config.json, tokenizer.model, grokfetch-manifest.json   (the shared driver)
+
+The OCDBT files are encoded by :mod:`grokfetch.convert.ocdbt`, not by tensorstore: file names,
+offsets, uuids and the (zero) commit time all follow from the plan, so the same input and options
+give the same bytes, and a run resumed after ``kill -9`` (every file is ``NAME.partial`` +
+rename, continued at the last committed array) ends byte-identical to a clean one.
 
 Array names, partition rules and chunk shapes are in :mod:`grokfetch.convert.jax_layout`. int8 weights
 and bf16 scales are stored as they are (no dequantization), float tensors as float32.
@@ -23,14 +29,16 @@ Loading (see :func:`restore`)::
 from __future__ import annotations
 
 import base64
-import errno
+import hashlib
+import itertools
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from grokfetch.convert.base import TENSOR_TASK, OutputFile, OutputItem, Target
+from grokfetch.convert.base import TENSOR_TASK, OutputFile, OutputItem, Target, pack_by_size
 from grokfetch.convert.jax_layout import (
     AXES,
     ROOT_KEY,
@@ -42,50 +50,93 @@ from grokfetch.convert.jax_layout import (
     plan_arrays,
     source_region,
 )
+from grokfetch.convert.ocdbt import Config, Ref, encode_tree, manifest
 from grokfetch.convert.source import OpenSources
 
+from grokfetch.checkpoint.reader import BF16
 from grokfetch.errors import CheckpointError, UsageError
 from grokfetch.progress import Progress
 from grokfetch.spec import TensorSpec, TensorTable
 
 DATA_DIR = "ocdbt.process_0"
 HANDLER = "orbax.checkpoint._src.handlers.standard_checkpoint_handler.StandardCheckpointHandler"
-#: The OCDBT settings orbax 0.12 writes with.
-OCDBT_CONFIG = {"max_inline_value_bytes": 1024, "max_decoded_node_bytes": 100_000_000,
-                "manifest_kind": "single"}
+#: The OCDBT limits orbax 0.12 writes with (see :mod:`grokfetch.convert.ocdbt` for the rest).
+MAX_INLINE_VALUE_BYTES = 1024
+MAX_DECODED_NODE_BYTES = 100_000_000
+#: A new data file starts when the next array would take the current one past this size
+#: (arrays in plan order; a larger array gets a file of its own).
 TARGET_DATA_FILE_SIZE = 2 * 1024**3
-#: Chunk bytes buffered in one OCDBT transaction before it is committed.
-MAX_BATCH_BYTES = 64 * 1024 * 1024
+#: Input bytes after which mapped checkpoint pages are released while writing one array.
+RELEASE_BYTES = 64 * 1024 * 1024
 
 
-def _kvstore(base: Path, path: str | None = None, write: bool = False) -> dict[str, Any]:
+def _kvstore(base: Path, path: str | None = None) -> dict[str, Any]:
     spec: dict[str, Any] = {"driver": "ocdbt", "base": f"file://{Path(base).absolute()}/"}
     if path is not None:
         spec["path"] = path
-    if write:
-        spec["config"] = dict(OCDBT_CONFIG)
-        spec["target_data_file_size"] = TARGET_DATA_FILE_SIZE
     return spec
 
 
-def _array_spec(base: Path, a: ArrayPlan) -> dict[str, Any]:
-    return {
-        "driver": "zarr3",
-        "kvstore": _kvstore(base, a.name + "/", write=True),
-        "metadata": {
-            "shape": list(a.shape),
+def zarr_json(a: ArrayPlan) -> bytes:
+    """The array's ``zarr.json`` as tensorstore writes it (sorted keys, no spaces)."""
+    fill = 0.0 if a.dtype.kind == "f" or a.dtype == BF16 else 0
+    codec: dict[str, Any] = {"name": "bytes"}
+    if a.dtype.itemsize > 1:  # single bytes have no byte order
+        codec["configuration"] = {"endian": "little"}
+    meta = {"chunk_grid": {"configuration": {"chunk_shape": list(a.chunk)}, "name": "regular"},
+            "chunk_key_encoding": {"name": "default"}, "codecs": [codec],
             "data_type": a.dtype.name,  # int8, bfloat16 (ml_dtypes) or float32
-            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(a.chunk)}},
-            "chunk_key_encoding": {"name": "default"},
-            "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}],
-            "fill_value": 0,
-        },
-        # A rerun opens an array cut short and rewrites every chunk (``delete_existing`` would
-        # force a separate OCDBT commit per array).
-        "create": True,
-        "open": True,
-        "store_data_equal_to_fill_value": True,
-    }
+            "fill_value": fill, "node_type": "array", "shape": list(a.shape), "zarr_format": 3}
+    return json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _chunk_nbytes(a: ArrayPlan) -> int:
+    return math.prod(a.chunk) * a.dtype.itemsize
+
+
+def _file_id(i: int) -> str:
+    """The path of data file ``i`` in the database: ``d/`` and 32 hex digits, like tensorstore's
+    names but counted, not random."""
+    return f"d/{i:032x}"
+
+
+def tree_entries(files: list[list[ArrayPlan]]) -> dict[bytes, bytes | Ref]:
+    """Every key of the database: each array's ``zarr.json`` and its chunks (``c/i/j/...``) at
+    their offsets in the data files, which the plan fixes (chunks tile an array exactly, see
+    :mod:`grokfetch.convert.jax_layout`, and are stored in C order of the chunk grid)."""
+    entries: dict[bytes, bytes | Ref] = {}
+    for i, arrays in enumerate(files):
+        offset = 0
+        for a in arrays:
+            entries[f"{a.name}/zarr.json".encode()] = zarr_json(a)
+            step = _chunk_nbytes(a)
+            grid = [range(n // c) for n, c in zip(a.shape, a.chunk, strict=True)]
+            for idx in itertools.product(*grid):  # C order, as a.chunk_regions()
+                key = "/".join([a.name, "c", *map(str, idx)]).encode()
+                entries[key] = Ref(_file_id(i), offset, step)
+                offset += step
+    return entries
+
+
+def _uuid(arrays: list[ArrayPlan], role: str) -> bytes:
+    """A database uuid derived from the plan (same plan, same uuid; no randomness)."""
+    text = json.dumps([role] + [[a.name, a.dtype.name, list(a.shape), list(a.chunk)]
+                                for a in arrays])
+    return hashlib.sha256(text.encode()).digest()[:16]
+
+
+def ocdbt_files(arrays: list[ArrayPlan]) -> tuple[list[list[ArrayPlan]], dict[str, bytes]]:
+    """The data files' arrays and the other OCDBT files (relative to OUT) with their bytes: the
+    index (b-tree nodes) and the per-process manifest in ``ocdbt.process_0/``, and the root
+    ``manifest.ocdbt`` whose tree is the per-process one (what orbax's merge step makes)."""
+    files = pack_by_size(arrays, lambda a: a.nbytes, TARGET_DATA_FILE_SIZE)
+    index = _file_id(len(files))
+    configs = [Config(_uuid(arrays, role), MAX_INLINE_VALUE_BYTES, MAX_DECODED_NODE_BYTES)
+               for role in (DATA_DIR, "root")]
+    tree = encode_tree(tree_entries(files), index, configs[0])
+    return files, {f"{DATA_DIR}/{index}": tree.index,
+                   f"{DATA_DIR}/manifest.ocdbt": manifest(configs[0], tree),
+                   "manifest.ocdbt": manifest(configs[1], tree, base_path=f"{DATA_DIR}/")}
 
 
 def _pspec_json(pspec: tuple) -> list:
@@ -104,7 +155,8 @@ def sharding_json(a: ArrayPlan, mesh: tuple[int, int]) -> str:
 
 def metadata_files(arrays: list[ArrayPlan], mesh: tuple[int, int], custom: dict[str, Any]
                    ) -> dict[str, bytes]:
-    """The orbax metadata files, in the order they are written (``_METADATA`` last)."""
+    """The orbax metadata files, in the order they are written (``_METADATA`` last). Their
+    timestamps are 0, so they are a pure function of the plan."""
     tree = {str(a.key): {"key_metadata": [{"key": k, "key_type": 2} for k in a.key],
                          "value_metadata": {"value_type": "jax.Array", "skip_deserialize": False,
                                             "write_shape": list(a.chunk)}} for a in arrays}
@@ -122,74 +174,6 @@ def metadata_files(arrays: list[ArrayPlan], mesh: tuple[int, int], custom: dict[
                       "store_array_data_equal_to_fill_value": True, "custom_metadata": None},
     }
     return {k: json.dumps(v).encode() for k, v in docs.items()}
-
-
-def _commit(txn) -> None:
-    """Commit a tensorstore transaction; a full disk becomes ``OSError(ENOSPC)`` (tensorstore
-    reports it as a ``ValueError``) so the driver's disk-full handling applies."""
-    try:
-        txn.commit_async().result()
-    except ValueError as exc:
-        text = str(exc)
-        if "os_error_code='28'" in text or "No space left" in text:
-            raise OSError(errno.ENOSPC, "No space left on device") from None
-        raise
-
-
-def _reopen(spec: dict[str, Any]) -> dict[str, Any]:
-    """The spec that opens an array created earlier (same metadata, nothing deleted)."""
-    return {k: v for k, v in spec.items() if k != "create"}
-
-
-class _Batch:
-    """Chunk writes grouped into one OCDBT transaction per ~``MAX_BATCH_BYTES``.
-
-    Every OCDBT commit rewrites the b-tree path it touches (and never frees the old nodes), so
-    committing per chunk would cost time and disk; committing per batch keeps both small while
-    bounding the memory the transaction buffers. An array is recorded as done in the resume
-    state only after the commit that made its last chunk durable.
-    """
-
-    def __init__(self, sink, progress: Progress):
-        import tensorstore as ts
-
-        self._ts, self.sink, self.progress = ts, sink, progress
-        self.txn = ts.Transaction()
-        self.bytes = 0
-        self.pending: list[tuple[str, int]] = []  # arrays complete in the open transaction
-
-    @property
-    def full(self) -> bool:
-        return self.bytes >= MAX_BATCH_BYTES
-
-    def add(self, nbytes: int) -> None:
-        # Progress counts bytes staged in the transaction; durability is what the resume
-        # state records (at commit).
-        self.bytes += nbytes
-        self.progress.advance(TENSOR_TASK, nbytes)
-
-    def finished(self, key: str, nbytes: int) -> None:
-        self.pending.append((key, nbytes))
-
-    def commit(self) -> None:
-        _commit(self.txn)
-        for key, n in self.pending:
-            self.sink.commit(key, n)
-        self.txn = self._ts.Transaction()
-        self.bytes, self.pending = 0, []
-
-
-def merge_root(out: Path) -> None:
-    """Reference the per-process database from the root one (what orbax's merge step does);
-    only b-tree nodes are written, the array data stays in ``ocdbt.process_0/d``."""
-    import tensorstore as ts
-
-    ctx = ts.Context()
-    child = ts.KvStore.open(_kvstore(out / DATA_DIR), context=ctx).result()
-    parent = ts.KvStore.open(_kvstore(out, write=True), context=ctx).result()
-    txn = ts.Transaction(atomic=True)
-    child.experimental_copy_range_to(parent.with_transaction(txn)).result()
-    _commit(txn)
 
 
 class JaxTarget(Target, name="jax"):
@@ -215,55 +199,42 @@ class JaxTarget(Target, name="jax"):
         return plan_arrays(self.specs, out_specs, len(self.expert_map()), self.mesh)
 
     def plan(self) -> list[OutputFile]:
+        """Data files (chunks in plan order), then the OCDBT index and manifests, then orbax's
+        metadata with ``_METADATA`` last: every byte is fixed by the plan."""
         arrays = self.arrays()
-        items = [OutputItem(key=a.name, specs=(a.spec,), nbytes=a.nbytes, in_bytes=a.nbytes,
-                            meta={"array": a}) for a in arrays]
-        files = [OutputFile(DATA_DIR, items, sum(a.nbytes for a in arrays) + (1 << 20), kind="dir")]
+        groups, ocdbt = ocdbt_files(arrays)
+        files = [OutputFile(f"{DATA_DIR}/{_file_id(i)}",
+                            [OutputItem(key=a.name, specs=(a.spec,), nbytes=a.nbytes,
+                                        in_bytes=a.nbytes, meta={"array": a}) for a in group],
+                            sum(a.nbytes for a in group))
+                 for i, group in enumerate(groups)]
         custom = {"producer": "grokfetch", "mesh": list(self.mesh), "axes": list(AXES),
                   "model": self.out_config.name}
-        for relpath, body in metadata_files(arrays, self.mesh, custom).items():
-            files.append(OutputFile(relpath, [], len(body),
-                                    meta={"body": body, "merge": relpath == "_METADATA"}))
+        bodies = {**ocdbt, **metadata_files(arrays, self.mesh, custom)}
+        files += [OutputFile(relpath, [], len(body), meta={"body": body})
+                  for relpath, body in bodies.items()]
         return files
 
     def write_file(self, ofile: OutputFile, sink, source, progress: Progress) -> None:
-        if ofile.kind == "dir":
-            self._write_arrays(ofile, sink, source, progress)
+        if "body" in ofile.meta:
+            sink.begin(ofile.meta["body"])
             return
-        if ofile.meta["merge"]:
-            merge_root(sink.root)
-        sink.begin(ofile.meta["body"])
-
-    def _write_arrays(self, ofile: OutputFile, sink, source, progress: Progress) -> None:
-        import tensorstore as ts
-
-        ctx = ts.Context()
-        batch = _Batch(sink, progress)
         with OpenSources(source) as sources:
             for item, src in sources.pending(ofile.items, sink, lambda it: it.meta["array"].spec):
                 a: ArrayPlan = item.meta["array"]
                 progress.task(TENSOR_TASK, a.nbytes, item.key)
-                spec = _array_spec(sink.path, a)
-                store = ts.open(spec, context=ctx, transaction=batch.txn).result()
+                mapped = 0
                 for region in a.chunk_regions():
-                    if batch.full:
-                        batch.commit()
-                        src.release()  # keep mapped input pages out of RSS (page cache keeps them)
-                        store = ts.open(_reopen(spec), context=ctx, transaction=batch.txn).result()
                     data = source_region(src, a, region)
-                    store[region].write(data).result()  # copied into the transaction
-                    batch.add(data.nbytes)
-                batch.finished(item.key, a.nbytes)
+                    sink.write(data)
+                    progress.advance(TENSOR_TASK, data.nbytes)
+                    mapped += data.nbytes
+                    if mapped >= RELEASE_BYTES:
+                        src.release()  # keep mapped input pages out of RSS
+                        mapped = 0
+                sink.commit(item.key)
                 src.release()
-            batch.commit()
             progress.done(TENSOR_TASK)
-
-    def extra_files(self, out: Path) -> list[str]:
-        """Files written outside the planned ones (the root OCDBT database), for the manifest."""
-        out = Path(out)
-        extra = ["manifest.ocdbt"] if (out / "manifest.ocdbt").is_file() else []
-        return extra + sorted(p.relative_to(out).as_posix() for p in (out / "d").rglob("*")
-                              if p.is_file())
 
     def summary(self) -> dict[str, Any]:
         return {"mesh": list(self.mesh), "arrays": len(self.arrays())}

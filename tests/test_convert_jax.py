@@ -3,8 +3,14 @@ conftest) and compared bit for bit with the checkpoint reader."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import grokfetch.convert.jaxstore as jaxstore
@@ -16,6 +22,7 @@ import tensorstore as ts
 from grokfetch.convert.base import ConvertOptions
 from grokfetch.convert.jax_layout import RULES, chunk_shape, fit_pspec, param_key, plan_arrays, shard_shape
 from grokfetch.convert.jaxstore import DATA_DIR, iter_params, make_mesh, restore
+from grokfetch.convert.output import STATE_FILENAME
 from grokfetch.convert.run import convert
 
 from grokfetch.checkpoint.reader import open_checkpoint
@@ -178,19 +185,74 @@ def test_subset_is_renumbered(tiny_ckpt, tmp_path):
 
 
 
-def test_resume_after_interruption(tiny_ckpt, tmp_path, monkeypatch):
-    monkeypatch.setattr(jaxstore, "MAX_BATCH_BYTES", 64 * 1024)  # many small commits
+def _files(root: Path) -> dict[str, bytes]:
+    """Every file below ``root`` (hidden ones too) with its bytes."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def test_two_clean_runs_give_identical_bytes(jax_out, tiny_ckpt, tmp_path):
+    again = tmp_path / "again"
+    convert(tiny_ckpt, again, ConvertOptions(target="jax"))
+    assert _files(again) == _files(jax_out)
+
+
+def test_resume_after_interruption_gives_identical_bytes(tiny_ckpt, tmp_path, monkeypatch):
+    monkeypatch.setattr(jaxstore, "TARGET_DATA_FILE_SIZE", 1 << 20)  # several data files
+    monkeypatch.setattr("grokfetch.convert.output.SYNC_BYTES", 64 * 1024)  # durable commits
+    clean = tmp_path / "clean"
+    convert(tiny_ckpt, clean, ConvertOptions(target="jax"))
+    data = sorted((clean / DATA_DIR / "d").iterdir())
+    assert len(data) >= 4  # 3+ data files and the index
     out = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
-        convert(tiny_ckpt, out, ConvertOptions(target="jax"), progress=InterruptAfter(40))
-    assert (out / f"{DATA_DIR}.partial").is_dir() and not (out / "_METADATA").exists()
+        convert(tiny_ckpt, out, ConvertOptions(target="jax"), progress=InterruptAfter(700))
+    partials = list(out.rglob("*.partial"))
+    assert len(partials) == 1 and partials[0].parent == out / DATA_DIR / "d"
+    assert (out / DATA_DIR / "d" / data[0].name).is_file()  # a finished data file
+    assert not (out / "_METADATA").exists() and not (out / "manifest.ocdbt").exists()
     report = convert(tiny_ckpt, out, ConvertOptions(target="jax"))
-    assert report.resumed and not (out / f"{DATA_DIR}.partial").exists()
+    assert report.resumed and 0 < report.bytes_in < open_checkpoint(tiny_ckpt).table.payload_bytes
+    assert _files(out) == _files(clean)  # same files, sizes and bytes: nothing orphaned
     tree = ocp.StandardCheckpointer().restore(out.absolute())
     ckpt = open_checkpoint(tiny_ckpt)
     for spec in ckpt.table:
         with ckpt.open(spec) as tf:
             _assert_same(spec, tf, _leaf(tree, spec))
+
+
+_KILLABLE = """
+import sys, time
+import grokfetch.convert.output as output
+from grokfetch.cli import main
+output.SYNC_BYTES = 1  # every array durable at once
+commit = output.FileSink.commit
+def slow_commit(self, key, **kw):
+    commit(self, key, **kw)
+    time.sleep(0.01)  # slow enough to be killed mid-way
+output.FileSink.commit = slow_commit
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_resume_after_kill_9_gives_identical_bytes(jax_out, tiny_ckpt, tmp_path):
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-c", _KILLABLE, "convert", str(tiny_ckpt),
+                             "--to", "jax", "--out", str(out), "--quiet"])
+    state, committed = out / STATE_FILENAME, 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None and committed < 100:
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            files = json.loads(state.read_text())["files"]
+            committed = sum(len(f["items"]) for f in files.values())
+        time.sleep(0.01)
+    assert proc.poll() is None, "conversion finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert list(out.rglob("*.partial")) and not (out / "_METADATA").exists()
+    report = convert(tiny_ckpt, out, ConvertOptions(target="jax"))
+    assert report.resumed
+    assert _files(out) == _files(jax_out)
 
 
 def test_refusals(tiny_ckpt, jax_out, tmp_path):

@@ -229,7 +229,7 @@ def test_damaged_converted_output_is_one_error_line(run_cli, converted, tmp_path
         for v in victims:
             v.write_bytes(v.read_bytes()[: v.stat().st_size // 2])
     else:
-        victims = sorted(p for p in (out / "d").rglob("*") if p.is_file())
+        victims = sorted(p for p in (out / "ocdbt.process_0" / "d").rglob("*") if p.is_file())
         for v in victims:
             v.write_bytes(b"\0" * 64)
     assert victims
