@@ -33,6 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the progress recorder (a test double)
 
 from grokfetch.fsutil import parse_size  # noqa: E402
 
@@ -140,7 +141,8 @@ def grok_proportions(folder: Path, total: int) -> None:
 def order_case(case: str, data: Path, seeds: int, rate: int | None, piece: int, repeat: int,
                tmp: Path) -> dict:
     """Download ``data`` from ``seeds`` in-process seeders with each order; one result dict."""
-    from grokfetch.progress import RecordingProgress
+    from progress_doubles import RecordingProgress
+
     from grokfetch.spec import TensorTable, preset
     from grokfetch.torrent.create import create_torrent
     from grokfetch.torrent.job import DownloadOptions, download

@@ -25,12 +25,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from grokfetch.verify.hashio import default_jobs  # noqa: E402
-from grokfetch.verify.manifest import check_manifest, write_manifest  # noqa: E402
-from grokfetch.verify.pieces import check_torrent  # noqa: E402
-from grokfetch.verify.torrentfile import parse_torrent  # noqa: E402
-
 from grokfetch.fsutil import parse_size  # noqa: E402
+from grokfetch.integrity.hashio import default_jobs  # noqa: E402
+from grokfetch.integrity.manifest import check_manifest, write_manifest  # noqa: E402
+from grokfetch.integrity.pieces import check_torrent  # noqa: E402
+from grokfetch.integrity.torrentfile import parse_torrent  # noqa: E402
 
 
 def make_files(root: Path, size: int, nfiles: int) -> list[Path]:

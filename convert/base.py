@@ -45,7 +45,7 @@ everything that is not format-specific, in this order:
    transposed (PyTorch/GGUF) orientation, already restricted to ``--experts``;
 5. writes ``model-config.json`` (the config of the *output*: ``num_layers``/``num_experts`` of a
    subset) and copies ``tokenizer.model`` into OUT, then writes the output manifest **last** (via
-   ``grokfetch.verify.manifest.write_manifest``) and removes the resume state.
+   ``grokfetch.integrity.manifest.write_manifest``) and removes the resume state.
 
 Library code never prints: progress goes to the ``progress`` argument and errors are raised.
 """

@@ -9,7 +9,7 @@ every target writes deterministically in plan order, the finished file is byte-i
 uninterrupted run.
 
 Every planned path goes through :func:`grokfetch.fsutil.safe_join`: a sink never writes outside
-its root. :class:`FileSink` hashes what it writes (:class:`grokfetch.verify.manifest.StreamHasher`) so the
+its root. :class:`FileSink` hashes what it writes (:class:`grokfetch.integrity.manifest.StreamHasher`) so the
 driver's manifest needs no second read of the output; a resumed file hashes its committed prefix
 once when it is reopened.
 """
@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from grokfetch.verify.manifest import StreamHasher
 
 from grokfetch.fsutil import open_partial, partial_path, remove_tree, safe_join, write_atomic
+from grokfetch.integrity.manifest import StreamHasher
 
 STATE_FILENAME = ".grokfetch-convert-state.json"
 #: A commit is made durable (data fsync + state rewrite) once this many bytes or seconds have
@@ -195,7 +195,7 @@ class FileSink:
         self.state.save()
 
     def manifest_entry(self) -> dict[str, Any]:
-        """The manifest entry (``grokfetch.verify.manifest`` format) of everything written to the file."""
+        """The manifest entry (``grokfetch.integrity.manifest`` format) of everything written to the file."""
         return self.hasher.entry(self.relpath)
 
     def close(self) -> None:

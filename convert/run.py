@@ -21,7 +21,6 @@ from typing import Any
 from grokfetch.convert.base import ConvertOptions, OutputFile, Target, get_target
 from grokfetch.convert.output import STATE_FILENAME, ConvertState, DirSink, FileSink
 from grokfetch.convert.source import SourceProvider
-from grokfetch.verify.manifest import MANIFEST_NAME, StreamHasher, build_manifest, write_manifest
 
 from grokfetch.checkpoint.reader import TOKENIZER_FILENAME, Checkpoint, open_checkpoint
 from grokfetch.errors import CheckpointError, NotFoundError, OutputExistsError, UsageError
@@ -36,6 +35,7 @@ from grokfetch.fsutil import (
     remove_tree,
     safe_join,
 )
+from grokfetch.integrity.manifest import MANIFEST_NAME, StreamHasher, build_manifest, write_manifest
 from grokfetch.progress import NULL_PROGRESS, Progress
 from grokfetch.spec import CONFIG_FILENAME, TensorSpec
 
@@ -325,7 +325,7 @@ def convert(ckpt_dir: Path | str, out: Path | str, options: ConvertOptions, *,
         with open(tokenizer, "rb") as src:
             hashed[TOKENIZER_FILENAME] = _write_hashed(out, TOKENIZER_FILENAME,
                                                        iter(lambda: src.read(1 << 20), b""))
-        manifest_path = _write_manifest(out, _manifest_files(out, target, files), hashed, progress)
+        manifest_path = _write_manifest(out, _manifest_files(out, files), hashed, progress)
         state.remove()
         progress.done(TOTAL_KEY)
 
@@ -348,10 +348,8 @@ def convert(ckpt_dir: Path | str, out: Path | str, options: ConvertOptions, *,
             details=target.summary())
 
 
-def _manifest_files(out: Path, target: Target, files: list[OutputFile]) -> list[str]:
-    """The planned outputs (directories expanded into their files), the target's extra files
-    (``Target.extra_files(out)``, e.g. the JAX target's root OCDBT database), config and
-    tokenizer."""
+def _manifest_files(out: Path, files: list[OutputFile]) -> list[str]:
+    """The planned outputs (directories expanded into their files), config and tokenizer."""
     rels: list[str] = []
     for f in files:
         p = safe_join(out, f.relpath)
@@ -359,9 +357,7 @@ def _manifest_files(out: Path, target: Target, files: list[OutputFile]) -> list[
             rels += sorted(q.relative_to(out).as_posix() for q in p.rglob("*") if q.is_file())
         else:
             rels.append(f.relpath)
-    extra = getattr(target, "extra_files", None)
-    return rels + (list(extra(out)) if extra is not None else []) + [CONFIG_FILENAME,
-                                                                      TOKENIZER_FILENAME]
+    return rels + [CONFIG_FILENAME, TOKENIZER_FILENAME]
 
 
 def _write_hashed(out: Path, relpath: str, blocks) -> dict[str, Any]:

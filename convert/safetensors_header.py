@@ -120,13 +120,3 @@ def plan_shards(tensors: Sequence[StTensor], max_bytes: int) -> list[list[StTens
     return [data_order(s) for s in shards]
 
 
-def write_array(f, arr: np.ndarray) -> int:
-    """Append an array's bytes (C order, little-endian) to a binary file; returns the count.
-
-    ``memoryview(bf16_array)`` cannot be cast to bytes, so go through a uint8 view.
-    """
-    arr = np.ascontiguousarray(arr)
-    if arr.dtype.byteorder == ">":
-        arr = arr.astype(arr.dtype.newbyteorder("<"))
-    f.write(arr.reshape(-1).view(np.uint8).data)
-    return arr.nbytes

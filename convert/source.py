@@ -33,10 +33,11 @@ import numpy as np
 from grokfetch.checkpoint.pickle_format import QW8Ref
 from grokfetch.checkpoint.reader import Checkpoint, TensorFile, scales_problem
 from grokfetch.errors import CheckpointError, GrokfetchError
-from grokfetch.fsutil import real_subdir
+from grokfetch.integrity.dlstate import saved_torrents
+from grokfetch.integrity.pieces import check_torrent
+from grokfetch.integrity.torrentfile import load_torrent
 from grokfetch.progress import NULL_PROGRESS, Progress
 from grokfetch.spec import TensorSpec
-from grokfetch.torrent.source import STATE_DIR
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 PAGE = mmap.PAGESIZE
@@ -309,7 +310,7 @@ class SourceProvider:
 
 def _find_piece_checker(ckpt: Checkpoint):
     """A ``spec -> bool`` piece-hash check when ``.grokfetch/*.torrent`` and
-    ``grokfetch.verify.pieces.check_torrent`` are available (else None: size + header only).
+    ``grokfetch.integrity.pieces.check_torrent`` are available (else None: size + header only).
 
     The torrent's files are matched to checkpoint files by path (``ckpt-0/tensorNNNNN_000``,
     possibly below the torrent's top folder); only the pieces covering that one file are hashed
@@ -317,20 +318,8 @@ def _find_piece_checker(ckpt: Checkpoint):
     downloaded cannot be read yet; ``check_torrent`` reports it against the neighbour, so such a
     boundary piece is not held against the file.
     """
-    root = ckpt.layout.root
-    torrents: list[Path] = []
-    for base in (root, root.parent, root.parent.parent):
-        d = real_subdir(base, STATE_DIR)
-        if d is not None:
-            torrents = sorted(d.glob("*.torrent"))
-            if torrents:
-                break
+    torrents = saved_torrents(ckpt.layout.root, parents=2)
     if not torrents:
-        return None
-    try:
-        from grokfetch.verify.pieces import check_torrent
-        from grokfetch.verify.torrentfile import load_torrent
-    except ImportError:
         return None
     try:
         torrent = load_torrent(torrents[0])
@@ -353,10 +342,3 @@ def _find_piece_checker(ckpt: Checkpoint):
     return check
 
 
-def file_ready(ckpt: Checkpoint, spec: TensorSpec) -> bool:
-    """True when a checkpoint file is complete and well-formed (size + header)."""
-    try:
-        return os.stat(ckpt.file_path(spec)).st_size == spec.file_bytes and \
-            ckpt.status(spec).status == "ok"
-    except (FileNotFoundError, CheckpointError):
-        return False

@@ -93,11 +93,11 @@ def run_demo(workdir: Path | str | None = None, *, keep: bool = False, preset: s
     from grokfetch.checkpoint.fixture import write_fixture
     from grokfetch.convert.base import ConvertOptions
     from grokfetch.convert.run import convert
+    from grokfetch.integrity.manifest import check_manifest, write_manifest
     from grokfetch.smoke.run import SmokeOptions, smoke
     from grokfetch.torrent.create import create_torrent
     from grokfetch.torrent.job import DownloadOptions, download
     from grokfetch.torrent.seed import Seeder
-    from grokfetch.verify.manifest import check_manifest, write_manifest
     from grokfetch.verify.run import verify
 
     own_tmp = workdir is None

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from grokfetch.units import human_bytes
+
 
 class GrokfetchError(Exception):
     """Root of all grokfetch errors. ``hint`` says what to do about it."""
@@ -113,8 +115,6 @@ class InsufficientSpaceError(GrokfetchError):
     """Not enough free disk space for what is about to be written."""
 
     def __init__(self, path: Path | str, needed: int, free: int, *, hint: str | None = None):
-        from grokfetch.fsutil import human_bytes  # fsutil imports this module
-
         self.path, self.needed, self.free = Path(path), needed, free
         super().__init__(
             f"not enough free space in {path}: need {human_bytes(needed)} ({needed:,} bytes), "

@@ -294,16 +294,6 @@ def check_free_space(path: Path | str, needed: int, *, force: bool = False) -> N
         raise InsufficientSpaceError(path, needed, free)
 
 
-def human_bytes(n: float, binary: bool = False) -> str:
-    """``4.35 MB``-style sizes (powers of 1000), or ``4.06 MiB`` with ``binary``."""
-    units = (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)) if binary else \
-        (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3))
-    for unit, div in units:
-        if n >= div:
-            return f"{n / div:.2f} {unit}"
-    return f"{int(n)} B"
-
-
 def parse_size(text: str | int | None) -> int | None:
     """Parse ``"50G"``, ``"5GB"``, ``"512K"``, ``"1.5M"`` or plain bytes (powers of 1000 for
     ``K/M/G/T``, 1024 for ``KiB/MiB/GiB/TiB``)."""

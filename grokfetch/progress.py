@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from grokfetch.units import human_bytes
+
 
 class Progress(Protocol):
     """Receives progress from a library function; must never raise."""
@@ -55,44 +57,6 @@ class NullProgress:
 NULL_PROGRESS: Progress = NullProgress()
 
 
-class RecordingProgress(NullProgress):
-    """Keeps every event in memory; for tests and for building reports."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, dict[str, Any]]] = []
-        self.totals: dict[str, int | None] = {}
-        self.completed: dict[str, int] = {}
-
-    def task(self, key: str, total: int | None, description: str) -> None:
-        self.totals[key] = total
-        self.completed[key] = 0
-
-    def advance(self, key: str, amount: int) -> None:
-        self.completed[key] = self.completed.get(key, 0) + amount
-
-    def update(self, key: str, completed: int | None = None, total: int | None = None,
-               description: str | None = None) -> None:
-        if completed is not None:
-            self.completed[key] = completed
-        if total is not None:
-            self.totals[key] = total
-
-    def event(self, kind: str, **data: Any) -> None:
-        self.events.append((kind, data))
-
-
-class InterruptAfter(NullProgress):
-    """Raises ``KeyboardInterrupt`` at the ``n``-th ``advance``: a simulated Ctrl-C, for tests."""
-
-    def __init__(self, n: int):
-        self.n = n
-
-    def advance(self, key: str, amount: int) -> None:
-        self.n -= 1
-        if self.n <= 0:
-            raise KeyboardInterrupt
-
-
 def human_duration(seconds: float) -> str:
     """``3h 05m``, ``4m 10s`` or ``12s``."""
     s = int(max(0.0, seconds))
@@ -125,8 +89,6 @@ class LineProgress(NullProgress):
         self.status = ""
 
     def _line(self, head: str, rate: float | None) -> str:
-        from grokfetch.fsutil import human_bytes
-
         done = human_bytes(self.completed)
         parts = [f"{done} of {human_bytes(self.total)} ({self.completed / self.total:.1%})"
                  if self.total else done]
@@ -145,8 +107,6 @@ class LineProgress(NullProgress):
         self.top, self.description, self.total, self.completed = key, description, total, 0
         self.started = self.last_t = self.clock()
         self.last_completed = 0
-        from grokfetch.fsutil import human_bytes
-
         self.write(f"{description}: started" + (f", {human_bytes(total)}" if total else ""))
 
     def _tick(self) -> None:
@@ -183,7 +143,7 @@ class LineProgress(NullProgress):
         self.top = None
 
     def event(self, kind: str, **data: Any) -> None:
-        if kind in ("warning", "finding"):
+        if kind == "warning":
             self.write(f"warning: {data.get('message', data)}")
         elif kind == "status":
             self.status = str(data.get("text") or ", ".join(

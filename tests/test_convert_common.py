@@ -22,7 +22,6 @@ from grokfetch.convert.base import (
 from grokfetch.convert.output import STATE_FILENAME, ConvertState, DirSink, FileSink, ordered_map
 from grokfetch.convert.run import convert
 from grokfetch.convert.source import OpenSources, SourceProvider, SourceTensor, blocked_transpose
-from grokfetch.verify.manifest import MANIFEST_NAME, build_manifest
 
 from grokfetch.checkpoint.reader import open_checkpoint
 from grokfetch.errors import (
@@ -32,6 +31,7 @@ from grokfetch.errors import (
     UnsafePathError,
     UsageError,
 )
+from grokfetch.integrity.manifest import MANIFEST_NAME, build_manifest
 from grokfetch.spec import PRESETS
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -453,7 +453,7 @@ def test_dir_sink_resumes_and_renames(tmp_path):
 
 
 def test_progress_reports_every_input_byte(tiny_ckpt, tmp_path):
-    from grokfetch.progress import RecordingProgress
+    from progress_doubles import RecordingProgress
 
     prog = RecordingProgress()
     rep = convert(tiny_ckpt, tmp_path / "out", ConvertOptions(target="gguf", bits=8, workers=2),

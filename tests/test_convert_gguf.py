@@ -23,10 +23,10 @@ from grokfetch.convert.gguf_read import GGUFModel
 from grokfetch.convert.output import STATE_FILENAME
 from grokfetch.convert.quant import resolve_scheme
 from grokfetch.convert.run import convert
-from grokfetch.verify.manifest import MANIFEST_NAME, build_manifest
 
 from grokfetch.checkpoint.reader import open_checkpoint
 from grokfetch.errors import CheckpointError, UsageError
+from grokfetch.integrity.manifest import MANIFEST_NAME, build_manifest
 from grokfetch.spec import GROK_1, ModelConfig, TensorTable
 
 BF16 = np.dtype(ml_dtypes.bfloat16)

@@ -24,10 +24,10 @@ from grokfetch.convert.jax_layout import RULES, chunk_shape, fit_pspec, param_ke
 from grokfetch.convert.jaxstore import DATA_DIR, iter_params, make_mesh, restore
 from grokfetch.convert.output import STATE_FILENAME
 from grokfetch.convert.run import convert
+from progress_doubles import InterruptAfter
 
 from grokfetch.checkpoint.reader import open_checkpoint
 from grokfetch.errors import UsageError
-from grokfetch.progress import InterruptAfter
 from grokfetch.spec import PRESETS, TensorTable, load_config
 
 #: PartitionSpec of each slot at the official 1x8 mesh, as jax prints it (smoke-notes §3.2).
@@ -161,7 +161,7 @@ def test_iter_params_reads_with_tensorstore(jax_out, tiny_ckpt):
 
 
 def test_output_manifest_covers_every_file(jax_out):
-    from grokfetch.verify.manifest import MANIFEST_NAME, list_files
+    from grokfetch.integrity.manifest import MANIFEST_NAME, list_files
 
     listed = {e["path"] for e in json.loads((jax_out / MANIFEST_NAME).read_text())["files"]}
     assert listed == set(list_files(jax_out))

@@ -16,11 +16,11 @@ from grokfetch.convert.base import ConvertOptions
 from grokfetch.convert.run import convert
 from grokfetch.convert.safetensors import HF_CONFIG_NAME, INDEX_NAME, hf_config, iter_params, lm_head
 from grokfetch.convert.safetensors_header import StTensor, encode_header, plan_shards
+from progress_doubles import InterruptAfter
 from safetensors import safe_open
 
 from grokfetch.checkpoint.reader import BF16, open_checkpoint
 from grokfetch.errors import CheckpointError, OutputExistsError, UsageError
-from grokfetch.progress import InterruptAfter
 from grokfetch.spec import PRESETS, TensorTable, load_config
 
 SHARD = 600_000  # a few shards for the ~8 MB tiny bf16 export
@@ -269,7 +269,7 @@ def test_resume_after_interruption_gives_identical_bytes(tiny_ckpt, tmp_path, ou
     assert report.resumed
     assert _digest(out) == _digest(outputs[("hf", "bf16")])
     assert not list(out.glob("*.partial"))
-    from grokfetch.verify.manifest import MANIFEST_NAME, build_manifest
+    from grokfetch.integrity.manifest import MANIFEST_NAME, build_manifest
 
     assert json.loads((out / MANIFEST_NAME).read_text()) == build_manifest(out)
 

@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 
 import pytest
+from progress_doubles import RecordingProgress
 
 from grokfetch.errors import DownloadFailed
-from grokfetch.progress import RecordingProgress
 from grokfetch.spec import TensorTable, preset
 from grokfetch.torrent.create import create_torrent
 from grokfetch.torrent.job import DownloadOptions, download

@@ -146,9 +146,8 @@ def test_manifest_numbers_are_bounded(tmp_path, run_cli, change):
 
 
 def test_manifest_too_large_is_refused_unread(tmp_path):
-    from grokfetch.verify.manifest import MAX_MANIFEST_BYTES, load_manifest
-
     from grokfetch.errors import UsageError
+    from grokfetch.integrity.manifest import MAX_MANIFEST_BYTES, load_manifest
 
     big = tmp_path / "m.json"
     with open(big, "wb") as f:
@@ -206,10 +205,10 @@ def test_torrent_fields_are_checked(tmp_path, run_cli, change):
 
 def test_bep47_symlink_entry_is_refused_and_the_folder_stays_usable(tmp_path, run_cli):
     import libtorrent as lt
-    from grokfetch.verify.torrentfile import parse_torrent
 
     from grokfetch.errors import UnsafePathError
     from grokfetch.fsutil import refuse_symlink_entries
+    from grokfetch.integrity.torrentfile import parse_torrent
 
     link = {b"attr": b"l", b"symlink path": [b"t", b"loop"]}
     data = _torrent_with({}, [(100, "a.bin", {}), (0, "loop", link)])
@@ -250,7 +249,7 @@ def test_full_disk_with_sparse_shards_never_sigbus(tiny_ckpt, tmpfs, fill_disk, 
     import subprocess
     import sys
 
-    from grokfetch.verify.manifest import write_manifest
+    from grokfetch.integrity.manifest import write_manifest
 
     mnt = tmpfs("16m")
     dl = mnt / "dl"

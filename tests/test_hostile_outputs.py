@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from grokfetch.convert.base import ConvertOptions
 from grokfetch.convert.run import convert
-from grokfetch.verify.manifest import MANIFEST_NAME
 
 from grokfetch.errors import FolderBusyError
 from grokfetch.fsutil import LOCK_NAME, folder_lock, write_atomic
+from grokfetch.integrity.manifest import MANIFEST_NAME
 from grokfetch.progress import NullProgress
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 import xxhash
-from grokfetch.verify.manifest import (
+
+from grokfetch.integrity.manifest import (
     MANIFEST_NAME,
     StreamHasher,
     build_manifest,
@@ -196,7 +197,7 @@ def test_manifest_create_cli(ckpt, tmp_path, run_cli):
 def test_mapped_blocks_equal_plain_reads_at_unaligned_offsets(tmp_path):
     import hashlib
 
-    from grokfetch.verify.hashio import Extent, ShortReadError, mapped_blocks
+    from grokfetch.integrity.hashio import Extent, ShortReadError, mapped_blocks
 
     data = os.urandom(3 * 1024 * 1024 + 777)
     path = tmp_path / "blob"

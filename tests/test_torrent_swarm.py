@@ -21,11 +21,11 @@ from urllib.parse import quote
 
 import pytest
 import test_download
+from progress_doubles import RecordingProgress
 from test_download import PIECE, same_tree
 from tracker import LocalTracker
 
 from grokfetch.errors import DownloadFailed
-from grokfetch.progress import RecordingProgress
 from grokfetch.torrent.create import create_torrent
 from grokfetch.torrent.job import DownloadOptions, download
 from grokfetch.torrent.seed import Seeder

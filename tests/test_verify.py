@@ -12,12 +12,12 @@ from pathlib import Path
 import libtorrent as lt
 import numpy as np
 import pytest
-from grokfetch.verify.pieces import check_torrent
 from grokfetch.verify.run import verify
-from grokfetch.verify.torrentfile import parse_torrent
 
 from grokfetch.checkpoint.fixture import tensor_values
 from grokfetch.checkpoint.writer import write_tensor_file
+from grokfetch.integrity.pieces import check_torrent
+from grokfetch.integrity.torrentfile import parse_torrent
 from grokfetch.spec import TensorTable, preset
 
 PIECE = 16 * 1024
@@ -382,8 +382,8 @@ def test_single_file_torrent(tmp_path):
 
 
 def test_work_split_into_many_items_gives_the_same_answer(dl, pristine, monkeypatch):
-    import grokfetch.verify.manifest as vm
-    import grokfetch.verify.pieces as vp
+    import grokfetch.integrity.manifest as vm
+    import grokfetch.integrity.pieces as vp
 
     rel = "ckpt-0/tensor00000_000"
     flip(dl / "grok-tiny" / rel, 200_000)
@@ -401,7 +401,7 @@ def test_work_split_into_many_items_gives_the_same_answer(dl, pristine, monkeypa
 
 
 def test_block_reader_zero_extents_and_short_reads(tmp_path):
-    from grokfetch.verify.hashio import BlockReader, Extent, ShortReadError
+    from grokfetch.integrity.hashio import BlockReader, Extent, ShortReadError
 
     a = tmp_path / "a"
     a.write_bytes(b"A" * 10)
@@ -430,7 +430,7 @@ def test_aria2c_agrees_on_clean_and_corrupt(dl, pristine):
 
 
 def test_check_file_one_file_at_a_time(dl, pristine):
-    from grokfetch.verify.pieces import check_file
+    from grokfetch.integrity.pieces import check_file
 
     tfile = next((dl / ".grokfetch").glob("*.torrent"))
     root = dl / "grok-tiny"

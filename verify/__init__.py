@@ -1,9 +1,9 @@
-"""Prove a folder holds the right bytes: torrent piece hashes, grokfetch manifests, and the
-tensor table's structure.
+"""The ``verify`` command's logic: which checks apply to a folder, run them, one report.
 
-Public surface: :func:`grokfetch.verify.run.verify` (everything that applies to a folder),
-:func:`grokfetch.verify.repair.verify_and_repair`, :mod:`grokfetch.verify.manifest` (``build_manifest``,
-``write_manifest``, ``check_manifest``, ``StreamHasher``), :func:`grokfetch.verify.pieces.check_torrent`
-and :func:`grokfetch.verify.pieces.check_file`, :func:`grokfetch.verify.structure.check_structure`, and the
-:class:`~grokfetch.verify.report.Finding` / :class:`~grokfetch.verify.report.Report` they return. See docs/verify.md.
+:func:`grokfetch.verify.run.verify` finds what a folder offers (saved torrents, a grokfetch
+manifest, a checkpoint) and runs the matching checks from :mod:`grokfetch.integrity` (piece
+hashes, manifests) and :func:`grokfetch.verify.structure.check_structure` (the tensor table),
+merging their findings into one :class:`~grokfetch.integrity.report.Report`. Re-fetching bad
+pieces lives a layer up, in :mod:`grokfetch.repair`, since it needs the torrent client.
+See docs/verify.md.
 """

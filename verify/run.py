@@ -11,15 +11,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from grokfetch.verify.bencode import decode
-from grokfetch.verify.manifest import MANIFEST_NAME, STATE_DIR, check_manifest
-from grokfetch.verify.pieces import check_torrent
-from grokfetch.verify.report import Report
 from grokfetch.verify.structure import check_structure
-from grokfetch.verify.torrentfile import Torrent, load_torrent
 
 from grokfetch.errors import NotFoundError, UsageError
-from grokfetch.fsutil import real_subdir
+from grokfetch.integrity.bencode import decode
+from grokfetch.integrity.dlstate import STATE_DIR, saved_resume, saved_torrents
+from grokfetch.integrity.manifest import MANIFEST_NAME, check_manifest
+from grokfetch.integrity.pieces import check_torrent
+from grokfetch.integrity.report import Report
+from grokfetch.integrity.torrentfile import Torrent, content_root, load_torrent
 from grokfetch.progress import NULL_PROGRESS, Progress
 
 
@@ -36,52 +36,22 @@ class Plan:
     note: str = ""                  # how the selection was found
 
 
-def saved_torrents(path: Path) -> list[Path]:
-    """``.torrent`` files a download saved for ``path`` (as download dir or as top folder)."""
-    for base in (path, path.parent):
-        state = real_subdir(base, STATE_DIR)  # a link leading outside is refused
-        found = sorted(state.glob("*.torrent")) if state is not None else []
-        if found:
-            return found
-    return []
-
-
-def content_root(path: Path, torrent: Torrent) -> Path:
-    """The folder the torrent's file paths are relative to: ``path/name`` for a multi-file
-    torrent given its download folder, ``path`` itself when it already is the top folder."""
-    if not torrent.multi_file:
-        return path
-    if (path / torrent.name).is_dir():
-        return path / torrent.name
-    if path.name == torrent.name:
-        return path
-    for tf in torrent.data_files()[:64]:
-        if not tf.unsafe and (path / tf.path).exists():
-            return path
-    return path / torrent.name
-
-
 def download_selection(path: Path, torrent: Torrent) -> set[int] | None:
     """The files a selective download (``--include``/``--layers``) chose, from the
     ``file_priority`` list of its resume data; None when every file was wanted or unknown."""
     if not torrent.has_v1:
         return None  # v2-only file indices include pad entries this parser does not list
-    for base in (path, path.parent):
-        state = real_subdir(base, STATE_DIR)
-        if state is None:
-            continue
-        resume = state / f"{torrent.infohash}.resume"
-        if not resume.is_file():
-            continue
-        try:
-            prios = decode(resume.read_bytes()).get(b"file_priority")
-        except (OSError, UsageError):
-            return None
-        if not isinstance(prios, list) or 0 not in prios:
-            return None
-        return {i for i, f in enumerate(torrent.files)
-                if not f.pad and (i >= len(prios) or prios[i] != 0)}
-    return None
+    resume = saved_resume(path, torrent.infohash)
+    if resume is None:
+        return None
+    try:
+        prios = decode(resume.read_bytes()).get(b"file_priority")
+    except (OSError, UsageError):
+        return None
+    if not isinstance(prios, list) or 0 not in prios:
+        return None
+    return {i for i, f in enumerate(torrent.files)
+            if not f.pad and (i >= len(prios) or prios[i] != 0)}
 
 
 def _pick_saved(path: Path, found: list[Path]) -> tuple[Path, Torrent]:

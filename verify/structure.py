@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from grokfetch.verify.report import WARNING, Finding, Report
 
 from grokfetch.checkpoint.reader import open_checkpoint, scales_problem
 from grokfetch.errors import CheckpointError
+from grokfetch.integrity.report import WARNING, Finding, Report
 from grokfetch.progress import NULL_PROGRESS, Progress
 from grokfetch.spec import CONFIG_FILENAME, TensorSpec
 

@@ -19,7 +19,7 @@ from grokfetch.cli.options import (
     VerboseOpt,
     examples,
 )
-from grokfetch.fsutil import human_bytes
+from grokfetch.units import human_bytes
 
 EPILOG = examples(
     "grokfetch convert ./grok-1 --to gguf --out ./grok-1-q4 --bits 4",

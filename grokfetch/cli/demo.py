@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from grokfetch.cli.options import JsonOpt, QuietOpt, VerboseOpt, examples
-from grokfetch.fsutil import human_bytes
+from grokfetch.units import human_bytes
 
 
 def register(app: typer.Typer) -> None:

@@ -18,7 +18,7 @@ from grokfetch.cli.options import (
     VerboseOpt,
     examples,
 )
-from grokfetch.fsutil import human_bytes
+from grokfetch.units import human_bytes
 
 DL_EPILOG = examples(
     "grokfetch download --dir ./grok-1",

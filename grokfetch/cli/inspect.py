@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from grokfetch.cli.options import JsonOpt, PresetOpt, QuietOpt, VerboseOpt, examples
-from grokfetch.fsutil import human_bytes
+from grokfetch.units import human_bytes
 
 EPILOG = examples("grokfetch inspect --preset grok-1",
                   "grokfetch inspect --json | jq '.tensors | length'",

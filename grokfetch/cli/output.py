@@ -185,7 +185,7 @@ class RichProgress:
             text = data.get("text") or " ".join(f"{k}={v}" for k, v in data.items())
             first = next(iter(self.tasks.values()))
             self.live.update(first, status=text)
-        elif kind in ("warning", "finding"):
+        elif kind == "warning":
             self.live.console.print(f"[yellow]{kind}:[/yellow] {data.get('message', data)}")
 
 

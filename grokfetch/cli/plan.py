@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from grokfetch.fsutil import human_bytes
 from grokfetch.progress import human_duration
+from grokfetch.units import human_bytes
 
 
 def _size(n: int | None) -> str:

@@ -17,7 +17,7 @@ from grokfetch.cli.options import (
     VerboseOpt,
     examples,
 )
-from grokfetch.fsutil import human_bytes
+from grokfetch.units import human_bytes
 
 EPILOG = examples(
     "grokfetch smoke ./grok-1 --gpus 8",

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from grokfetch.cli.options import ForceOpt, JobsOpt, JsonOpt, PresetOpt, QuietOpt, VerboseOpt, examples
-from grokfetch.fsutil import human_bytes
+from grokfetch.units import human_bytes
 
 VERIFY_EPILOG = examples(
     "grokfetch verify ./grok-1",
@@ -117,7 +117,7 @@ def register(app: typer.Typer) -> None:
             raise UsageError("--peer only makes sense with --repair")
         with out.progress() as progress:
             if repair:
-                from grokfetch.verify.repair import verify_and_repair
+                from grokfetch.repair import verify_and_repair
 
                 report = verify_and_repair(directory, torrent=torrent, structure=structure,
                                            preset=preset, jobs=jobs, scheme=hashes,
@@ -167,8 +167,8 @@ def register(app: typer.Typer) -> None:
         from grokfetch.cli.options import check_jobs, positive_size
         from grokfetch.cli.output import Output
         from grokfetch.errors import NotFoundError, OutputExistsError
-        from grokfetch.verify.hashio import hasher_factory
-        from grokfetch.verify.manifest import MANIFEST_NAME, list_files, write_manifest
+        from grokfetch.integrity.hashio import hasher_factory
+        from grokfetch.integrity.manifest import MANIFEST_NAME, list_files, write_manifest
 
         out = Output("manifest create", json_mode=json_, quiet=quiet, verbose=verbose)
         check_jobs(jobs)

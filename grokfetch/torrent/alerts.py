@@ -1,20 +1,39 @@
 """What the download job does with libtorrent's alerts, and its periodic ``status`` event.
 
-Both take the running job (:class:`grokfetch.torrent.job._Job`) and only record into it or
-report through its ``progress``; the loop in ``job.py`` decides what to do next.
+Both take the running job (what :class:`RunningJob` lists; ``job.py``'s job satisfies it) and
+only record into it or report through its ``progress``; the loop in ``job.py`` decides what to do
+next. This module never imports ``job.py``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from grokfetch.errors import UsageError
-
-if TYPE_CHECKING:
-    from grokfetch.torrent.job import _Job
+from grokfetch.progress import Progress
 
 
-def on_alert(job: _Job, lt, h, a) -> None:
+class RunningJob(Protocol):
+    """The part of a running download that alerts record into."""
+
+    watch: Any                  # grokfetch.torrent.swarm.SwarmWatch
+    sel: Any                    # the file selection, None until the metadata is known
+    state: Any                  # grokfetch.torrent.state.StateFiles
+    progress: Progress
+    hash_failures: int
+    banned: list[str]
+    file_error: str | None
+    saved_have: list[bool]
+    resume_error: str | None
+    resume_written: bool
+    resume_pending: int
+
+    def on_metadata(self, h) -> None: ...
+
+    def reorder(self, h) -> None: ...
+
+
+def on_alert(job: RunningJob, lt, h, a) -> None:
     """Record one alert: hash failures, bans, file errors, finished files, resume data; tracker,
     web seed, DHT and connection alerts go to ``job.watch``."""
     if job.watch.on_alert(lt, a):
@@ -57,7 +76,7 @@ def on_alert(job: _Job, lt, h, a) -> None:
         raise UsageError(f"cannot listen on {a.address}:{a.port}: {a.error.message()}")
 
 
-def status_event(job: _Job, lt, h, st) -> None:
+def status_event(job: RunningJob, lt, h, st) -> None:
     """One ``status`` progress event: state, percent, rates, ETA, peers, files in flight."""
     names = {v: k for k, v in lt.torrent_status.states.names.items()}
     rate = st.download_payload_rate

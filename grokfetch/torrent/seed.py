@@ -14,6 +14,7 @@ from pathlib import Path
 
 from grokfetch.errors import CheckFailed, NotFoundError, UsageError
 from grokfetch.fsutil import safe_join
+from grokfetch.integrity.dlstate import STATE_DIR, saved_torrents
 from grokfetch.progress import NULL_PROGRESS, Progress
 from grokfetch.torrent.session import (
     NetOptions,
@@ -25,19 +26,18 @@ from grokfetch.torrent.session import (
     pex_flags,
     resolve_peer,
 )
-from grokfetch.torrent.source import STATE_DIR, announce_urls, infohash_of, load_torrent_file
+from grokfetch.torrent.source import announce_urls, infohash_of, load_torrent_file
 from grokfetch.torrent.state import StateFiles
 from grokfetch.torrent.swarm import SwarmWatch
 
 
 def find_torrent(folder: Path) -> Path:
     """The one ``.grokfetch/*.torrent`` saved by a download into ``folder`` (or its parent)."""
-    for base in (folder, folder.parent):
-        found = sorted((base / STATE_DIR).glob("*.torrent"))
-        if len(found) == 1:
-            return found[0]
-        if len(found) > 1:
-            raise UsageError(f"{base / STATE_DIR} holds {len(found)} torrents; pick one with --torrent")
+    found = saved_torrents(folder)
+    if len(found) == 1:
+        return found[0]
+    if len(found) > 1:
+        raise UsageError(f"{found[0].parent} holds {len(found)} torrents; pick one with --torrent")
     raise NotFoundError(folder / STATE_DIR / "<infohash>.torrent", "saved torrent",
                         hint="pass --torrent FILE, or seed the folder a download wrote")
 

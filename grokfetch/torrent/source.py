@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from grokfetch.errors import UsageError
+from grokfetch.integrity.dlstate import state_file
 
 PRESET_SOURCES: dict[str, dict] = {
     "grok-1": {
@@ -34,7 +35,6 @@ PRESET_SOURCES: dict[str, dict] = {
     },
 }
 DEFAULT_SOURCE = "grok-1"
-STATE_DIR = ".grokfetch"
 
 
 def preset_magnet(name: str) -> str:
@@ -84,7 +84,7 @@ def load_torrent_file(path: Path):
 
 
 def saved_torrent_path(dest: Path, infohash: str) -> Path:
-    return dest / STATE_DIR / f"{infohash}.torrent"
+    return state_file(dest, infohash, "torrent")
 
 
 def resolve(source: str | Path | None, dest: Path) -> Source:

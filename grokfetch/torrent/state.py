@@ -16,7 +16,7 @@ from pathlib import Path
 
 from grokfetch.errors import UsageError
 from grokfetch.fsutil import real_subdir, write_atomic
-from grokfetch.torrent.source import STATE_DIR
+from grokfetch.integrity.dlstate import STATE_DIR, state_file
 
 
 def _alive(pid: int) -> bool:
@@ -44,19 +44,19 @@ class StateFiles:
 
     @property
     def torrent(self) -> Path:
-        return self.dir / f"{self.infohash}.torrent"
+        return state_file(self.dest, self.infohash, "torrent")
 
     @property
     def resume(self) -> Path:
-        return self.dir / f"{self.infohash}.resume"
+        return state_file(self.dest, self.infohash, "resume")
 
     @property
     def running(self) -> Path:
-        return self.dir / f"{self.infohash}.running"
+        return state_file(self.dest, self.infohash, "running")
 
     @property
     def recheck(self) -> Path:
-        return self.dir / f"{self.infohash}.recheck"
+        return state_file(self.dest, self.infohash, "recheck")
 
     def prepare(self) -> None:
         """Create ``DIR/.grokfetch`` and prove it is writable.

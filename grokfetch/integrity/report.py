@@ -43,10 +43,6 @@ class Finding:
         if self.kind not in KINDS:
             raise ValueError(f"unknown finding kind {self.kind!r}")
 
-    @property
-    def bad_bytes(self) -> int:
-        return sum(end - start for start, end in self.ranges)
-
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "path": self.path, "detail": self.detail,
                 "severity": self.severity, "pieces": list(self.pieces),

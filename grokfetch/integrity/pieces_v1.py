@@ -1,7 +1,7 @@
 """v1 torrent check: SHA-1 per piece over the concatenated files.
 
 Pieces span file boundaries and pad files read as zeros; each bad piece is mapped back to the
-files and byte ranges it covers. Called by :func:`grokfetch.verify.pieces.check_torrent`.
+files and byte ranges it covers. Called by :func:`grokfetch.integrity.pieces.check_torrent`.
 """
 
 from __future__ import annotations
@@ -9,17 +9,12 @@ from __future__ import annotations
 import bisect
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
-
-from grokfetch.verify.hashio import BlockReader, Extent, LockedProgress, default_jobs, runs
-from grokfetch.verify.pieces_parts import PartFile
-from grokfetch.verify.report import ERROR, WARNING, Finding, Report, merge_ranges
-from grokfetch.verify.torrentfile import Torrent
 
 from grokfetch.errors import UsageError
-
-if TYPE_CHECKING:
-    from grokfetch.verify.pieces import Avail
+from grokfetch.integrity.hashio import BlockReader, Extent, LockedProgress, default_jobs, runs
+from grokfetch.integrity.pieces_parts import PartFile
+from grokfetch.integrity.report import ERROR, WARNING, Finding, Report, merge_ranges
+from grokfetch.integrity.torrentfile import Avail, Torrent
 
 
 def _extents(torrent: Torrent, avail: dict[int, Avail], starts: list[int], a: int, b: int,

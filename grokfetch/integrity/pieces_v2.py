@@ -2,7 +2,7 @@
 
 Pieces are compared at the piece layer, or the whole file at its root when the torrent carries
 no piece layer for it (files of one piece or less). Called by
-:func:`grokfetch.verify.pieces.check_torrent`.
+:func:`grokfetch.integrity.pieces.check_torrent`.
 """
 
 from __future__ import annotations
@@ -10,16 +10,11 @@ from __future__ import annotations
 import hashlib
 import math
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
-
-from grokfetch.verify.hashio import BlockReader, Extent, LockedProgress, default_jobs, runs
-from grokfetch.verify.report import Finding, Report, merge_ranges
-from grokfetch.verify.torrentfile import Torrent
 
 from grokfetch.errors import UsageError
-
-if TYPE_CHECKING:
-    from grokfetch.verify.pieces import Avail
+from grokfetch.integrity.hashio import BlockReader, Extent, LockedProgress, default_jobs, runs
+from grokfetch.integrity.report import Finding, Report, merge_ranges
+from grokfetch.integrity.torrentfile import Avail, Torrent
 
 BLOCK_V2 = 16 * 1024
 _ZERO32 = bytes(32)

@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from grokfetch.verify.bencode import decode_torrent
-
 from grokfetch.errors import UsageError
+from grokfetch.integrity.bencode import decode_torrent
 
 
 @dataclass(frozen=True)
@@ -207,3 +206,27 @@ def load_torrent(path: Path) -> Torrent:
     except OSError as exc:
         raise UsageError(f"unreadable torrent {path}: {exc.strerror}") from None
     return parse_torrent(data)
+
+
+def content_root(path: Path, torrent: Torrent) -> Path:
+    """The folder the torrent's file paths are relative to: ``path/name`` for a multi-file
+    torrent given its download folder, ``path`` itself when it already is the top folder."""
+    if not torrent.multi_file:
+        return path
+    if (path / torrent.name).is_dir():
+        return path / torrent.name
+    if path.name == torrent.name:
+        return path
+    for tf in torrent.data_files()[:64]:
+        if not tf.unsafe and (path / tf.path).exists():
+            return path
+    return path / torrent.name
+
+
+@dataclass
+class Avail:
+    """How much of one torrent file can be read, and where."""
+
+    tf: TorrentFile
+    path: Path | None
+    avail: int

@@ -1,7 +1,7 @@
 """Check files against a torrent's own piece hashes, straight from disk (no libtorrent session).
 
-v1 (:mod:`grokfetch.verify.pieces_v1`): SHA-1 per piece over the concatenated files (pieces span file
-boundaries; pad files are zeros). v2 (:mod:`grokfetch.verify.pieces_v2`): per-file SHA-256 merkle trees
+v1 (:mod:`grokfetch.integrity.pieces_v1`): SHA-1 per piece over the concatenated files (pieces span file
+boundaries; pad files are zeros). v2 (:mod:`grokfetch.integrity.pieces_v2`): per-file SHA-256 merkle trees
 over 16 KiB blocks, compared at the piece layer (or the file's root when the torrent carries no
 piece layer for it). Each bad piece is mapped back to the file(s) and byte ranges it covers.
 Pieces that touch missing, truncated or refused bytes are not read: they are reported with the
@@ -12,32 +12,21 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
-
-from grokfetch.verify.hashio import DEFAULT_BLOCK, LockedProgress, MiB
-from grokfetch.verify.manifest import extra_detail, list_files
-from grokfetch.verify.pieces_parts import part_file_path, read_part_file
-from grokfetch.verify.pieces_v1 import check_v1
-from grokfetch.verify.pieces_v2 import check_v2
-from grokfetch.verify.report import WARNING, Finding, Report
-from grokfetch.verify.torrentfile import Torrent, TorrentFile
 
 from grokfetch.errors import UnsafePathError, UsageError
 from grokfetch.fsutil import safe_join
+from grokfetch.integrity.hashio import DEFAULT_BLOCK, LockedProgress, MiB
+from grokfetch.integrity.manifest import extra_detail, list_files
+from grokfetch.integrity.pieces_parts import part_file_path, read_part_file
+from grokfetch.integrity.pieces_v1 import check_v1
+from grokfetch.integrity.pieces_v2 import check_v2
+from grokfetch.integrity.report import WARNING, Finding, Report
+from grokfetch.integrity.torrentfile import Avail, Torrent, content_root
 from grokfetch.progress import NULL_PROGRESS, Progress
 
 WORK_ITEM = 256 * MiB   # bytes per hashing job; module-level so tests can shrink it
 _PARTS = re.compile(r"(^|/)\.[0-9a-f]{40,64}\.parts$")
-
-
-@dataclass
-class Avail:
-    """How much of one torrent file can be read, and where."""
-
-    tf: TorrentFile
-    path: Path | None
-    avail: int
 
 
 def _survey(root: Path, torrent: Torrent, report: Report) -> dict[int, Avail]:
@@ -148,8 +137,7 @@ def check_file(torrent: Path | Torrent, path: Path, *, root: Path, scheme: str =
     Raises:
         UsageError: ``path`` is not one of the torrent's files.
     """
-    from grokfetch.verify.run import content_root
-    from grokfetch.verify.torrentfile import load_torrent
+    from grokfetch.integrity.torrentfile import load_torrent
 
     t = torrent if isinstance(torrent, Torrent) else load_torrent(Path(torrent))
     croot = content_root(Path(root), t)

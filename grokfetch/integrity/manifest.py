@@ -26,7 +26,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from grokfetch.verify.hashio import (
+from grokfetch.errors import UnsafePathError, UsageError, brief
+from grokfetch.fsutil import (
+    LOCK_NAME,
+    check_relpath,
+    folder_lock,
+    read_json,
+    safe_join,
+    write_atomic,
+)
+from grokfetch.integrity.dlstate import STATE_DIR
+from grokfetch.integrity.hashio import (
     DEFAULT_BLOCK,
     BlockReader,
     Extent,
@@ -37,23 +47,12 @@ from grokfetch.verify.hashio import (
     hasher_factory,
     mapped_blocks,
 )
-from grokfetch.verify.report import WARNING, Finding, Report, merge_ranges
-
-from grokfetch.errors import UnsafePathError, UsageError, brief
-from grokfetch.fsutil import (
-    LOCK_NAME,
-    check_relpath,
-    folder_lock,
-    read_json,
-    safe_join,
-    write_atomic,
-)
+from grokfetch.integrity.report import WARNING, Finding, Report, merge_ranges
 from grokfetch.progress import NULL_PROGRESS, Progress
 
 MANIFEST_NAME = "grokfetch-manifest.json"
 MANIFEST_FORMAT = "grokfetch-manifest"
 MANIFEST_VERSION = 1
-STATE_DIR = ".grokfetch"
 DEFAULT_ALGO = "xxh3_128"
 DEFAULT_CHUNK = 64 * MiB
 #: Bytes per unit of parallel work when checking (a run of whole chunks of one file).

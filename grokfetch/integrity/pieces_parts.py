@@ -15,7 +15,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from grokfetch.verify.hashio import Extent
+from grokfetch.integrity.hashio import Extent
 
 _NONE = 0xFFFFFFFF
 

@@ -14,11 +14,10 @@ import ipaddress
 import os
 from pathlib import Path
 
-from grokfetch.verify.report import Report
-from grokfetch.verify.run import plan, verify
-
 from grokfetch.errors import UsageError
+from grokfetch.integrity.report import Report
 from grokfetch.progress import NULL_PROGRESS, Progress
+from grokfetch.verify.run import plan, verify
 
 REPAIRABLE = ("missing", "truncated", "corrupted", "unreadable", "unverified")
 DEFAULT_TIMEOUT = 600.0
