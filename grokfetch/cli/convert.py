@@ -30,9 +30,17 @@ EPILOG = examples(
     "grokfetch convert ./grok-1 --to jax --out ./grok-1-jax --mesh 1x8",
     "grokfetch convert --preset grok-1 --to gguf --bits 4 --dry-run   # plan only, no data",
 )
-#: Target-specific options and the one target each applies to.
-_OPTION_TARGET = {"bits": "gguf", "quant": "gguf", "split_size": "gguf", "layout": "safetensors",
-                  "dtype": "safetensors", "shard_size": "safetensors", "mesh": "jax"}
+
+
+def _misplaced(target: str, given: dict[str, object]) -> list[str]:
+    """The target-specific options given that ``--to target`` does not declare (each target's
+    ``option_fields`` is the one declaration of what applies to it)."""
+    from grokfetch.convert.base import Target, get_target
+
+    get_target(target)  # refuses an unknown --to, and loads the built-in targets
+    owner = {f: name for name, cls in Target.registry.items() for f in cls.option_fields}
+    return [f"--{k.replace('_', '-')}" for k, v in given.items()
+            if v is not None and owner.get(k, target) != target]
 
 
 def register(app: typer.Typer) -> None:
@@ -56,7 +64,7 @@ def register(app: typer.Typer) -> None:
         layout: Annotated[Optional[str], typer.Option(
             "--layout", help="safetensors: tensor names, hf (keyfan) or sglang.")] = None,
         dtype: Annotated[Optional[str], typer.Option(
-            "--dtype", help="safetensors/jax: bf16 (dequantized) or int8 (+ scales).")] = None,
+            "--dtype", help="safetensors: bf16 (dequantized) or int8 (+ scales).")] = None,
         shard_size: Annotated[Optional[str], typer.Option(
             "--shard-size", help="safetensors: shard size (default 5GB).")] = None,
         mesh: Annotated[Optional[str], typer.Option(
@@ -109,10 +117,10 @@ def register(app: typer.Typer) -> None:
         target = to.strip().lower()
         given = {"bits": bits, "quant": quant, "split_size": split_size, "layout": layout,
                  "dtype": dtype, "shard_size": shard_size, "mesh": mesh}
-        bad = [f"--{k.replace('_', '-')}" for k, only in _OPTION_TARGET.items()
-               if given[k] is not None and only != target]
-        if bad and target in _OPTION_TARGET.values():
-            raise UsageError(f"{', '.join(bad)} do(es) not apply to --to {target}")
+        bad = _misplaced(target, given)
+        if bad:
+            raise UsageError(f"{', '.join(bad)} {'does' if len(bad) == 1 else 'do'} not apply to "
+                             f"--to {target}")
         opts = ConvertOptions(
             target=target, bits=bits, quant=quant,
             split_size=positive_size(split_size, "--split-size"),
