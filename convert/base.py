@@ -53,6 +53,7 @@ Library code never prints: progress goes to the ``progress`` argument and errors
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +77,14 @@ TENSOR_TASK = "tensor"
 #: What an output base name (``--name``, or one made from the config's ``name``) may look like:
 #: one plain file name, never a path.
 SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def default_jobs() -> int:
+    """The default number of conversion threads: the CPU cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def check_output_name(name: str, what: str = "--name") -> str:
@@ -105,7 +114,7 @@ class ConvertOptions:
     # None = all; the driver turns "0-3"/"0,2" strings into sorted tuples (see normalized())
     layers: tuple[int, ...] | str | None = None
     experts: tuple[int, ...] | str | None = None
-    workers: int = 1
+    workers: int | None = None  # threads quantizing row chunks; None = one per core (default_jobs())
     force: bool = False
     tokenizer: Path | None = None
     wait: bool = False
@@ -141,6 +150,7 @@ class ConvertOptions:
         if self.name is not None:
             check_output_name(self.name)
         return self.replace(layers=layers, experts=experts,
+                            workers=default_jobs() if self.workers is None else self.workers,
                             chunk_bytes=self.chunk_bytes or DEFAULT_CHUNK_BYTES)
 
 

@@ -59,7 +59,7 @@ def test_random_payloads_load_with_pickle_and_are_deterministic(tmp_path, monkey
                 assert obj.scales.dtype == BF16 and obj.scales.shape == spec.scales_shape
                 w = obj.weight.astype(np.int32)
                 assert w.min() >= -127 and w.max() <= 127
-                assert abs(w.std() - 52.0) < 2.0  # two uniform draws: sqrt(1365 + 1344)
+                assert abs(w.std() - 52.25) < 2.0  # two uniform 0..127 draws: sqrt(2 * 1365.25)
             else:
                 np.testing.assert_array_equal(obj, tf.weight)
                 assert np.isfinite(obj).all() and obj.std() > 0
@@ -83,3 +83,17 @@ def test_bad_arguments_and_existing_output(tmp_path):
     with pytest.raises(OutputExistsError):
         write_real_layers(tmp_path / "s", 1, payload="sparse")
     write_real_layers(tmp_path / "s", 1, payload="sparse", force=True)
+
+
+def test_random_first_experts_only(tmp_path):
+    cfg = PRESETS["tiny"]
+    specs = write_real_layers(tmp_path / "e", 1, config=cfg, experts=1)
+    ck = open_checkpoint(tmp_path / "e")
+    moe = [s for s in specs if s.per_expert]
+    assert moe
+    for spec in moe:
+        assert ck.status(spec).status == "ok"
+        with ck.open(spec) as tf:
+            assert tf.weight[0].any() and not tf.weight[1:].any()
+    with pytest.raises(UsageError):
+        write_real_layers(tmp_path / "f", 1, config=cfg, experts=cfg.num_experts + 1)

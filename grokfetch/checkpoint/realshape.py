@@ -11,13 +11,15 @@ as ``grok-1``; only the files of layers ``0..K-1`` exist, so select them (``conv
 Payloads (``payload=``):
 
 - ``"random"`` (default): int8 weights drawn from a triangular distribution on −127..127 (the sum
-  of two uniform draws: bell-shaped like real quantized weights, and fast to draw), bf16 scales
+  of two uniform draws: bell-shaped like real quantized weights, std 52, fast to draw), bf16 scales
   ``U(0.5, 2)/127/sqrt(fan_in)``, float tensors as in the miniature fixture. Deterministic for a
   seed; streamed in chunks of :data:`CHUNK_BYTES`, so host memory stays at a few tens of MB
   whatever the tensor size (a MoE tensor is 1.6 GB). One layer is 4.9 GB of int8 plus the
   3.2 GB float32 embedding.
 - ``"sparse"``: every payload is a hole in a sparse file (all zeros) except the scales; it takes
   no disk and no time, for runs that only need the shapes (device bytes, planning).
+
+``experts=N`` keeps random values only in the first N experts of each MoE tensor (holes after).
 """
 
 from __future__ import annotations
@@ -61,8 +63,10 @@ def _float_chunk(spec: TensorSpec, rng: np.random.Generator, n: int) -> np.ndarr
 
 
 def _int8_chunk(rng: np.random.Generator, n: int) -> np.ndarray:
-    a = rng.integers(-64, 64, n, dtype=np.int8)
-    a += rng.integers(-63, 64, n, dtype=np.int8)  # -127..127, no overflow
+    """Triangular on -127..127: two uniform 0..127 draws (random bytes >> 1) summed, minus 127."""
+    b = np.frombuffer(rng.bytes(2 * n), np.uint8).reshape(2, n) >> 1
+    a = b[0].view(np.int8) + b[1].view(np.int8)  # 0..254 wraps in int8; the shift below undoes it
+    a -= 127
     return a
 
 
@@ -71,7 +75,8 @@ def _scales(spec: TensorSpec, rng: np.random.Generator) -> np.ndarray:
     return s.astype(ml_dtypes.bfloat16)
 
 
-def _payload_writer(spec: TensorSpec, seed: int, payload: str, progress: Progress):
+def _payload_writer(spec: TensorSpec, seed: int, payload: str, experts: int | None,
+                    progress: Progress):
     """``put(f, i, nbytes)`` for :func:`write_tensor_pieces`: payload ``i`` of ``spec``."""
 
     def put(f: BinaryIO, i: int, nbytes: int) -> None:
@@ -82,12 +87,13 @@ def _payload_writer(spec: TensorSpec, seed: int, payload: str, progress: Progres
             f.write(memoryview(data.reshape(-1).view(np.uint8)))
             progress.advance(TASK, nbytes)
             return
+        hole = 0
         if payload == "sparse":
-            f.seek(nbytes, os.SEEK_CUR)
-            progress.advance(TASK, nbytes)
-            return
+            hole = nbytes
+        elif experts is not None and spec.per_expert:
+            hole = nbytes // spec.shape[0] * (spec.shape[0] - experts)
         item = 1 if spec.quantized else 4
-        left = nbytes // item
+        left = (nbytes - hole) // item
         step = CHUNK_BYTES // item
         while left:
             n = min(step, left)
@@ -95,6 +101,9 @@ def _payload_writer(spec: TensorSpec, seed: int, payload: str, progress: Progres
             f.write(memoryview(data.view(np.uint8)))
             progress.advance(TASK, n * item)
             left -= n
+        if hole:
+            f.seek(hole, os.SEEK_CUR)
+            progress.advance(TASK, hole)
 
     return put
 
@@ -115,13 +124,15 @@ def padded_tokenizer(vocab_size: int, seed: int = 0, base_vocab: int = 1024) -> 
 
 
 def write_real_layers(out: Path | str, layers: int = 1, *, seed: int = 0, payload: str = "random",
-                      tokenizer: Path | str | None = None, config: ModelConfig = GROK_1,
-                      force: bool = False, progress: Progress = NULL_PROGRESS) -> list[TensorSpec]:
+                      experts: int | None = None, tokenizer: Path | str | None = None,
+                      config: ModelConfig = GROK_1, force: bool = False,
+                      progress: Progress = NULL_PROGRESS) -> list[TensorSpec]:
     """Write the globals and the first ``layers`` layers of a ``config``-shaped checkpoint.
 
-    ``tokenizer`` is copied when given (e.g. the release's ``tokenizer.model``); otherwise a
-    :func:`padded_tokenizer` of the config's vocabulary size is written. A ``config`` other than
-    Grok-1 is stored as ``model-config.json``. Returns the specs written, in file order.
+    ``experts=N`` fills only the first N experts of each MoE tensor (the rest stay holes, zeros),
+    for runs that convert a few experts. ``tokenizer`` is copied when given (e.g. the release's
+    ``tokenizer.model``); otherwise a :func:`padded_tokenizer` of the config's vocabulary size is
+    written. A ``config`` other than Grok-1 is stored as ``model-config.json``. Returns the specs written, in file order.
 
     Raises:
         UsageError: bad ``layers`` or ``payload``.
@@ -129,6 +140,8 @@ def write_real_layers(out: Path | str, layers: int = 1, *, seed: int = 0, payloa
     """
     if payload not in PAYLOADS:
         raise UsageError(f"unknown payload {payload!r}; choose one of: {', '.join(PAYLOADS)}")
+    if experts is not None and not 1 <= experts <= config.num_experts:
+        raise UsageError(f"experts must be 1-{config.num_experts}, not {experts}")
     specs = real_layer_specs(layers, config)
     out = Path(out)
     tdir = out / TENSOR_DIR
@@ -140,7 +153,8 @@ def write_real_layers(out: Path | str, layers: int = 1, *, seed: int = 0, payloa
     progress.task(TASK, sum(s.payload_bytes for s in specs),
                   f"writing {layers} {config.name}-shaped layer(s) ({payload})")
     for spec in specs:
-        write_tensor_pieces(tdir / spec.file, spec, _payload_writer(spec, seed, payload, progress))
+        write_tensor_pieces(tdir / spec.file, spec,
+                            _payload_writer(spec, seed, payload, experts, progress))
     tok = Path(tokenizer).read_bytes() if tokenizer is not None \
         else padded_tokenizer(config.vocab_size, seed)
     write_atomic(out / TOKENIZER_FILENAME, tok)
