@@ -112,7 +112,7 @@ def _qkx2_tile(X, W, nmax, rmin, rdelta, nstep, use_mad, L, Laux, scale, the_min
             for m in range(M):
                 x = X[i, m]
                 li = _clamp(nearest_int(iscale[m] * (x - mn[m])), 0, nmax)
-                Laux[i, m] = li
+                Laux[i, m] = np.float32(li)
                 w = W[i, m]
                 fl = np.float32(li)
                 sum_l[m] += w * fl
@@ -131,7 +131,7 @@ def _qkx2_tile(X, W, nmax, rmin, rdelta, nstep, use_mad, L, Laux, scale, the_min
             upd[m] = D > 0
         for i in range(n):
             for m in range(M):
-                d = this_scale[m] * np.float32(Laux[i, m]) + this_min[m] - X[i, m]
+                d = this_scale[m] * Laux[i, m] + this_min[m] - X[i, m]
                 d = abs(d) if use_mad else d * d
                 cur[m] += W[i, m] * d
         changed = False
@@ -147,7 +147,7 @@ def _qkx2_tile(X, W, nmax, rmin, rdelta, nstep, use_mad, L, Laux, scale, the_min
             for i in range(n):
                 for m in range(M):
                     if upd[m]:
-                        L[i, m] = Laux[i, m]
+                        L[i, m] = np.int32(Laux[i, m])
     for m in range(M):
         if deg[m]:  # C returned early: L = 0, scale = 0, the_min = -min
             scale[m] = 0
@@ -343,7 +343,7 @@ def _search_qkx2(xb, n, nmax, rmin, rdelta, nstep, use_mad, L, scales, mins):
     X = np.zeros((n, cols), np.float32)
     W = np.empty((n, cols), np.float32)
     Lt = np.empty((n, cols), np.int32)
-    Laux = np.empty((n, cols), np.int32)
+    Laux = np.empty((n, cols), np.float32)  # levels of the candidate, as float32
     sc = np.empty(cols, np.float32)
     mn = np.empty(cols, np.float32)
     av = np.empty(cols, np.float32)
