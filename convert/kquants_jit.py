@@ -175,6 +175,22 @@ def _first_absmax(X, amax, mx):
                 mx[m] = X[i, m]
 
 
+@njit(**_JIT, inline="always")
+def _qx_sums(X, nmax, iscale, sumlx, suml2):
+    """``sumlx = Σ w*x*l``, ``suml2 = Σ w*l*l`` (``w = x*x``, ``l`` = the clamped level) per column."""
+    n, M = X.shape
+    for m in range(M):
+        sumlx[m] = 0
+        suml2[m] = 0
+    for i in range(n):
+        for m in range(M):
+            x = X[i, m]
+            fl = np.float32(_clamp(nearest_int(iscale[m] * x), -nmax, nmax - 1))
+            w = x * x
+            sumlx[m] += w * x * fl
+            suml2[m] += w * fl * fl
+
+
 @njit(**_JIT)
 def _qx_rmse1_tile(X, nmax, L, scale):
     """``make_qx_quants(n, nmax, x, L, rmse_type=1, qw=NULL)`` for every column (``L`` int32)."""
@@ -185,19 +201,13 @@ def _qx_rmse1_tile(X, nmax, L, scale):
     fnmax = np.float32(nmax)
     iscale = np.empty(M, np.float32)
     best_iscale = np.empty(M, np.float32)
-    sumlx = np.zeros(M, np.float32)
-    suml2 = np.zeros(M, np.float32)
+    sumlx = np.empty(M, np.float32)
+    suml2 = np.empty(M, np.float32)
     best = np.empty(M, np.float32)
     for m in range(M):
         iscale[m] = -fnmax / mx[m]
         best_iscale[m] = iscale[m]
-    for i in range(n):
-        for m in range(M):
-            x = X[i, m]
-            fl = np.float32(_clamp(nearest_int(iscale[m] * x), -nmax, nmax - 1))
-            w = x * x
-            sumlx[m] += w * x * fl
-            suml2[m] += w * fl * fl
+    _qx_sums(X, nmax, iscale, sumlx, suml2)
     for m in range(M):
         s = sumlx[m] / suml2[m] if suml2[m] != 0 else np.float32(0)
         scale[m] = s
@@ -208,15 +218,7 @@ def _qx_rmse1_tile(X, nmax, L, scale):
         num = -(fnmax + np.float32(0.1) * np.float32(step))
         for m in range(M):
             iscale[m] = num / mx[m]
-            sumlx[m] = 0
-            suml2[m] = 0
-        for i in range(n):
-            for m in range(M):
-                x = X[i, m]
-                fl = np.float32(_clamp(nearest_int(iscale[m] * x), -nmax, nmax - 1))
-                w = x * x
-                sumlx[m] += w * x * fl
-                suml2[m] += w * fl * fl
+        _qx_sums(X, nmax, iscale, sumlx, suml2)
         for m in range(M):
             if suml2[m] > 0 and sumlx[m] * sumlx[m] > best[m] * suml2[m]:
                 scale[m] = sumlx[m] / suml2[m]

@@ -46,7 +46,7 @@ def test_one_real_layer_to_q4_k_m_in_bounded_memory(tmp_path):
     ckpt_dir = tmp_path / "grok-1-layer0"
     specs = write_real_layers(ckpt_dir, 1, experts=1)
     out = tmp_path / "gguf"
-    cmd = [sys.executable, "-m", "grokfetch", "convert", str(ckpt_dir), str(out), "--to", "gguf",
+    cmd = [sys.executable, "-m", "grokfetch", "convert", str(ckpt_dir), "--out", str(out), "--to", "gguf",
            "--bits", "4", "--layers", "0", "--experts", "0", "--json"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -32,13 +32,13 @@ from typing import BinaryIO
 import ml_dtypes
 import numpy as np
 
-from grokfetch.checkpoint.fixture import train_tokenizer
+from grokfetch.checkpoint.fixture import prepare_checkpoint_dir, train_tokenizer
 from grokfetch.checkpoint.reader import TOKENIZER_FILENAME
 from grokfetch.checkpoint.writer import write_tensor_pieces
-from grokfetch.errors import OutputExistsError, UsageError
+from grokfetch.errors import UsageError
 from grokfetch.fsutil import write_atomic
 from grokfetch.progress import NULL_PROGRESS, Progress
-from grokfetch.spec import CONFIG_FILENAME, GROK_1, TENSOR_DIR, ModelConfig, TensorSpec, TensorTable
+from grokfetch.spec import CONFIG_FILENAME, GROK_1, ModelConfig, TensorSpec, TensorTable
 
 #: Payload bytes generated per step (bounds the generator's memory).
 CHUNK_BYTES = 32 * 1024 * 1024
@@ -144,12 +144,7 @@ def write_real_layers(out: Path | str, layers: int = 1, *, seed: int = 0, payloa
         raise UsageError(f"experts must be 1-{config.num_experts}, not {experts}")
     specs = real_layer_specs(layers, config)
     out = Path(out)
-    tdir = out / TENSOR_DIR
-    if not force:
-        for existing in (tdir, out / TOKENIZER_FILENAME, out / CONFIG_FILENAME):
-            if existing.is_file() or (existing.is_dir() and any(existing.iterdir())):
-                raise OutputExistsError(existing)
-    tdir.mkdir(parents=True, exist_ok=True)
+    tdir = prepare_checkpoint_dir(out, force)
     progress.task(TASK, sum(s.payload_bytes for s in specs),
                   f"writing {layers} {config.name}-shaped layer(s) ({payload})")
     for spec in specs:
