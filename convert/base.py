@@ -122,6 +122,11 @@ class ConvertOptions:
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     name: str | None = None  # output base name; default from the config and type
 
+    @property
+    def threads(self) -> int:
+        """The worker threads to run: ``workers``, or one per core (:func:`default_jobs`) if None."""
+        return default_jobs() if self.workers is None else self.workers
+
     def replace(self, **changes: Any) -> ConvertOptions:
         return dataclasses.replace(self, **changes)
 
@@ -150,7 +155,6 @@ class ConvertOptions:
         if self.name is not None:
             check_output_name(self.name)
         return self.replace(layers=layers, experts=experts,
-                            workers=default_jobs() if self.workers is None else self.workers,
                             chunk_bytes=self.chunk_bytes or DEFAULT_CHUNK_BYTES)
 
 

@@ -24,8 +24,8 @@ def test_jobs_default_to_the_cores():
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     assert default_jobs() == cores
     cfg = PRESETS["tiny"]
-    assert ConvertOptions().normalized(cfg).workers == cores
-    assert ConvertOptions(workers=3).normalized(cfg).workers == 3
+    assert ConvertOptions().threads == ConvertOptions().normalized(cfg).threads == cores
+    assert ConvertOptions(workers=3).normalized(cfg).threads == 3
 
 
 def _reference_rows(ckpt, spec, rows: slice, expert: int | None = None) -> np.ndarray:
