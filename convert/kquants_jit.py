@@ -161,18 +161,18 @@ def _qkx2_tile(X, W, nmax, rmin, rdelta, nstep, use_mad, L, Laux, scale, the_min
 
 
 @njit(**_JIT)
-def _first_absmax(X, amax, mx):
-    """C's ``if (fabsf(x) > amax) { amax = fabsf(x); max = x; }`` down each column."""
+def _first_absmax(X):
+    """C's ``if (fabsf(x) > amax) { amax = fabsf(x); max = x; }`` down each column: (amax, max)."""
     n, M = X.shape
-    for m in range(M):
-        amax[m] = 0
-        mx[m] = 0
+    amax = np.zeros(M, np.float32)
+    mx = np.zeros(M, np.float32)
     for i in range(n):
         for m in range(M):
             ax = abs(X[i, m])
             if ax > amax[m]:
                 amax[m] = ax
                 mx[m] = X[i, m]
+    return amax, mx
 
 
 @njit(**_JIT, inline="always")
@@ -195,9 +195,7 @@ def _qx_sums(X, nmax, iscale, sumlx, suml2):
 def _qx_rmse1_tile(X, nmax, L, scale):
     """``make_qx_quants(n, nmax, x, L, rmse_type=1, qw=NULL)`` for every column (``L`` int32)."""
     n, M = X.shape
-    amax = np.empty(M, np.float32)
-    mx = np.empty(M, np.float32)
-    _first_absmax(X, amax, mx)
+    amax, mx = _first_absmax(X)
     fnmax = np.float32(nmax)
     iscale = np.empty(M, np.float32)
     best_iscale = np.empty(M, np.float32)
@@ -238,9 +236,7 @@ def _qx_rmse1_tile(X, nmax, L, scale):
 def _q3_rmse_tile(X, nmax, L, scale):
     """``make_q3_quants(n, nmax, x, L, do_rmse=true)`` for every column (``L`` int32)."""
     n, M = X.shape
-    amax = np.empty(M, np.float32)
-    mx = np.empty(M, np.float32)
-    _first_absmax(X, amax, mx)
+    amax, mx = _first_absmax(X)
     iscale = np.empty(M, np.float32)
     sumlx = np.zeros(M, np.float32)
     suml2 = np.zeros(M, np.float32)
@@ -306,25 +302,18 @@ QK_K = 256
 
 
 @njit(**_JIT)
-def _gather(xb, b0, nb, n, X):
-    """Column ``c = b*(256/n) + j`` of ``X`` = sub-block ``j`` of block ``b0 + b``."""
+def _move(blocks, cols, b0, nb, n, gather):
+    """Column ``c = b*(256/n) + j`` of ``cols`` <-> sub-block ``j`` of row ``b0 + b`` of
+    ``blocks`` (B, 256): into the columns when ``gather``, else back into the blocks."""
     per = QK_K // n
     for b in range(nb):
         for j in range(per):
             c = b * per + j
             for i in range(n):
-                X[i, c] = xb[b0 + b, j * n + i]
-
-
-@njit(**_JIT)
-def _scatter(Lt, b0, nb, n, L):
-    """Inverse of :func:`_gather` for the levels ``Lt`` -> ``L`` (B, 256)."""
-    per = QK_K // n
-    for b in range(nb):
-        for j in range(per):
-            c = b * per + j
-            for i in range(n):
-                L[b0 + b, j * n + i] = Lt[i, c]
+                if gather:
+                    cols[i, c] = blocks[b0 + b, j * n + i]
+                else:
+                    blocks[b0 + b, j * n + i] = cols[i, c]
 
 
 @njit(**_JIT)
@@ -351,7 +340,7 @@ def _search_qkx2(xb, n, nmax, rmin, rdelta, nstep, use_mad, L, scales, mins):
     av = np.empty(cols, np.float32)
     for b0 in range(0, B, TILE_BLOCKS):
         nb = min(TILE_BLOCKS, B - b0)
-        _gather(xb, b0, nb, n, X)
+        _move(xb, X, b0, nb, n, True)
         if use_mad:
             for i in range(n):
                 for c in range(cols):
@@ -368,7 +357,7 @@ def _search_qkx2(xb, n, nmax, rmin, rdelta, nstep, use_mad, L, scales, mins):
                 for c in range(cols):
                     W[i, c] = av[c] + abs(X[i, c])
         _qkx2_tile(X, W, nmax, rmin, rdelta, nstep, use_mad, Lt, Laux, sc, mn)
-        _scatter(Lt, b0, nb, n, L)
+        _move(L, Lt, b0, nb, n, False)
         _put(sc, b0, nb, scales)
         _put(mn, b0, nb, mins)
 
@@ -384,12 +373,12 @@ def _search_qx(xb, nmax, q3, L, scales):
     sc = np.empty(cols, np.float32)
     for b0 in range(0, B, TILE_BLOCKS):
         nb = min(TILE_BLOCKS, B - b0)
-        _gather(xb, b0, nb, n, X)
+        _move(xb, X, b0, nb, n, True)
         if q3:
             _q3_rmse_tile(X, nmax, Lt, sc)
         else:
             _qx_rmse1_tile(X, nmax, Lt, sc)
-        _scatter(Lt, b0, nb, n, L)
+        _move(L, Lt, b0, nb, n, False)
         _put(sc, b0, nb, scales)
 
 
