@@ -302,18 +302,26 @@ QK_K = 256
 
 
 @njit(**_JIT)
-def _move(blocks, cols, b0, nb, n, gather):
-    """Column ``c = b*(256/n) + j`` of ``cols`` <-> sub-block ``j`` of row ``b0 + b`` of
-    ``blocks`` (B, 256): into the columns when ``gather``, else back into the blocks."""
+def _gather(xb, b0, nb, n, X):
+    """Column ``c = b*(256/n) + j`` of ``X`` = sub-block ``j`` of block ``b0 + b``."""
     per = QK_K // n
     for b in range(nb):
         for j in range(per):
             c = b * per + j
             for i in range(n):
-                if gather:
-                    cols[i, c] = blocks[b0 + b, j * n + i]
-                else:
-                    blocks[b0 + b, j * n + i] = cols[i, c]
+                X[i, c] = xb[b0 + b, j * n + i]
+
+
+@njit(**_JIT)
+def _scatter(Lt, b0, nb, n, L):
+    """Inverse of :func:`_gather` for the levels ``Lt`` -> ``L`` (B, 256). (Separate from it:
+    ``xb`` may be a read-only array, and numba types both branches of a shared function.)"""
+    per = QK_K // n
+    for b in range(nb):
+        for j in range(per):
+            c = b * per + j
+            for i in range(n):
+                L[b0 + b, j * n + i] = Lt[i, c]
 
 
 @njit(**_JIT)
@@ -340,7 +348,7 @@ def _search_qkx2(xb, n, nmax, rmin, rdelta, nstep, use_mad, L, scales, mins):
     av = np.empty(cols, np.float32)
     for b0 in range(0, B, TILE_BLOCKS):
         nb = min(TILE_BLOCKS, B - b0)
-        _move(xb, X, b0, nb, n, True)
+        _gather(xb, b0, nb, n, X)
         if use_mad:
             for i in range(n):
                 for c in range(cols):
@@ -357,7 +365,7 @@ def _search_qkx2(xb, n, nmax, rmin, rdelta, nstep, use_mad, L, scales, mins):
                 for c in range(cols):
                     W[i, c] = av[c] + abs(X[i, c])
         _qkx2_tile(X, W, nmax, rmin, rdelta, nstep, use_mad, Lt, Laux, sc, mn)
-        _move(L, Lt, b0, nb, n, False)
+        _scatter(Lt, b0, nb, n, L)
         _put(sc, b0, nb, scales)
         _put(mn, b0, nb, mins)
 
@@ -373,12 +381,12 @@ def _search_qx(xb, nmax, q3, L, scales):
     sc = np.empty(cols, np.float32)
     for b0 in range(0, B, TILE_BLOCKS):
         nb = min(TILE_BLOCKS, B - b0)
-        _move(xb, X, b0, nb, n, True)
+        _gather(xb, b0, nb, n, X)
         if q3:
             _q3_rmse_tile(X, nmax, Lt, sc)
         else:
             _qx_rmse1_tile(X, nmax, Lt, sc)
-        _move(L, Lt, b0, nb, n, False)
+        _scatter(Lt, b0, nb, n, L)
         _put(sc, b0, nb, scales)
 
 
