@@ -606,6 +606,14 @@ def test_shapes_dtypes_and_layout_independence():
         assert fn(np.zeros((0, 256), dtype=np.float32)).shape == (0, SIZES[qtype])
 
 
+def test_read_only_input():
+    """Source rows can be read-only views of the memory-mapped checkpoint."""
+    x = random_blocks(8, seed=11)
+    x.setflags(write=False)
+    for qtype, fn in KQUANTS.items():
+        assert np.array_equal(fn(x), fn(x.copy())), qtype.name
+
+
 def test_chunking_does_not_change_bytes(monkeypatch):
     x = random_blocks(40, seed=9)
     whole = {t: fn(x) for t, fn in KQUANTS.items()}
