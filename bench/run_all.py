@@ -26,6 +26,7 @@ Row = tuple[str, float, str, float, str, float]  # case, ours, anchor name, anch
 
 #: The flag each script takes for its real-size run.
 FULL_FLAGS = {"convert": ["--real-layer"], "convert_st_jax": ["--real-layer"], "kquants": ["--full"],
+              "llama_quantize": ["--experts", "8"],
               "download": ["--size", "1G"], "verify": ["--size", "4G"]}
 
 
@@ -87,9 +88,26 @@ def _smoke(d: dict[str, Any]) -> list[Row]:
              "float64 numpy forward", d["numpy_prefill_s"], "s", d["ratio_numpy_over_engine"])]
 
 
+def _llama_quantize(d: dict[str, Any]) -> list[Row]:
+    o = d["ours"]
+    case = f"GGUF Q4_K_M, Grok-1 layer 0 ({d['experts']} experts), {d['threads']} threads"
+    a = d.get("llama")
+    if not isinstance(a, dict):  # no libllama: our figure only
+        return [(f"{case} (llama.cpp skipped)", o["mweights_per_s"], "llama_model_quantize",
+                 float("nan"), "Mweights/s", float("nan"))]
+    same = d["tensors"]["identical"] == d["tensors"]["tensors"]
+    return [(f"{case}{' (byte-identical)' if same else ''}", o["mweights_per_s"],
+             "llama_model_quantize", a["mweights_per_s"], "Mweights/s", d["speed_ratio"]),
+            (f"{case}, CPU time", o["cpu_seconds"], "llama_model_quantize", a["cpu_seconds"], "s",
+             d["cpu_ratio"]),
+            (f"{case}, peak RSS", o["peak_rss_mib"], "llama_model_quantize", a["peak_rss_mib"], "MiB",
+             a["peak_rss_mib"] / o["peak_rss_mib"])]
+
+
 ADAPTERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "convert_gguf": _convert_gguf, "convert_st_jax": _convert_st_jax, "kquants": _kquants,
-    "download": _download, "download_order": _download_order, "verify": _verify}
+    "download": _download, "download_order": _download_order, "verify": _verify,
+    "llama_quantize": _llama_quantize}
 
 
 def discover() -> dict[str, Path]:

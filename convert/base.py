@@ -53,6 +53,7 @@ Library code never prints: progress goes to the ``progress`` argument and errors
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -78,6 +79,14 @@ TENSOR_TASK = "tensor"
 #: What an output base name (``--name``, or one made from the config's ``name``) may look like:
 #: one plain file name, never a path.
 SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def default_jobs() -> int:
+    """The default number of conversion threads: the CPU cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def check_output_name(name: str, what: str = "--name") -> str:
@@ -107,7 +116,7 @@ class ConvertOptions:
     # None = all; the driver turns "0-3"/"0,2" strings into sorted tuples (see normalized())
     layers: tuple[int, ...] | str | None = None
     experts: tuple[int, ...] | str | None = None
-    workers: int = 1
+    workers: int | None = None  # threads quantizing row chunks; None = one per core (default_jobs())
     force: bool = False  # replace an existing output
     space_check: bool = True  # refuse to start without the free disk space for the output
     tokenizer: Path | None = None
@@ -115,6 +124,11 @@ class ConvertOptions:
     wait_timeout: float | None = None
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     name: str | None = None  # output base name; default from the config and type
+
+    @property
+    def threads(self) -> int:
+        """The worker threads to run: ``workers``, or one per core (:func:`default_jobs`) if None."""
+        return default_jobs() if self.workers is None else self.workers
 
     def replace(self, **changes: Any) -> ConvertOptions:
         return dataclasses.replace(self, **changes)

@@ -225,7 +225,7 @@ class GGUFTarget(Target, name="gguf"):
         self.scheme = resolve_scheme(self.options.bits, self.options.quant)
         if self.options.split_size is not None and self.options.split_size <= 0:
             raise UsageError("--split-size must be positive")
-        if self.options.workers < 1:
+        if self.options.threads < 1:
             raise UsageError("--workers must be at least 1")
         self.tensors = self._tensor_plans()
         check_available({t.qtype for t in self.tensors})
@@ -342,7 +342,7 @@ class GGUFTarget(Target, name="gguf"):
 
         done_in = 0
         last_e = None
-        for (e, r0, r1), data in ordered_map(work, jobs, self.options.workers):
+        for (e, r0, r1), data in ordered_map(work, jobs, self.options.threads):
             if e != last_e and last_e is not None:
                 src.release(last_e)
             last_e = e

@@ -1,9 +1,12 @@
-"""llama.cpp's K-quant quantizers (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K) in vectorized numpy.
+"""llama.cpp's K-quant quantizers (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K): per-block coding and packing.
 
 gguf-py can dequantize the K-quants but not quantize them. These functions are faithful ports of
 ``quantize_row_q{2,3,4,5,6}_K_ref`` from ``ggml/src/ggml-quants.c`` (no importance matrix) and write
 exactly ggml's ``block_q*_K`` byte layout (QK_K = 256), so ``gguf.quants.dequantize`` and llama.cpp
-read the output. See ``docs/kquants.md`` for the layouts, the C functions ported and measurements.
+read the output byte for byte. The per-sub-block scale searches and the second pass run compiled
+(:mod:`grokfetch.convert.kquants_jit`, numba, GIL released); this module codes the per-block
+scales (vectorized numpy over blocks) and packs the bytes. See ``docs/kquants.md`` for the
+layouts, the C functions ported and measurements.
 
 Usage::
 
@@ -17,17 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-from grokfetch.convert.kquants_search import (
-    F32,
-    GROUP_MAX_EPS,
-    first_absmax,
-    make_q3_quants_rmse,
-    make_qkx2_quants,
-    make_qx_quants_rmse1,
-    nearest_int,
-    seqsum,
-    to_fp16,
-)
+from grokfetch.convert.kquants_jit import requant, search_qkx2, search_qx
 
 __all__ = [
     "KQUANTS",
@@ -40,40 +33,51 @@ __all__ = [
 ]
 
 QK_K = 256
-#: Blocks per vectorized step. 1024 blocks make (32, 8192) float32 temporaries of 1 MiB each (about
-#: 8 MiB in all); smaller chunks lose more to per-call Python overhead than they gain in cache.
-CHUNK_BLOCKS = 1024
+F32 = np.float32
+GROUP_MAX_EPS = F32(1e-15)
+_MAGIC = F32(12582912.0)  # 1.5 * 2**23
+#: Blocks per step: 4096 blocks are 4 MiB of float32 (plus 4 MiB of int32 levels). The numpy
+#: per-block code costs a fixed ~60 calls per step, run with the GIL held between the calls; big
+#: steps keep that share small, so that many threads scale.
+CHUNK_BLOCKS = 4096
+
+
+def nearest_int(v: np.ndarray) -> np.ndarray:
+    """``nearest_int`` of ggml-quants.c, bit for bit (also for out-of-range input): int32 array."""
+    t = (np.asarray(v, dtype=F32) + _MAGIC).view(np.int32)
+    return (t & 0x007FFFFF) - 0x00400000
+
+
+def to_fp16(v: np.ndarray) -> np.ndarray:
+    """``GGML_FP32_TO_FP16``: round to nearest even, overflow to inf, NaN to ``sign | 0x7E00``."""
+    v = np.asarray(v, dtype=F32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        h = v.astype(np.float16)
+    nan = np.isnan(v)
+    if nan.any():
+        bits = h.view(np.uint16)
+        bits[nan] = ((v[nan].view(np.uint32) >> 16) & 0x8000).astype(np.uint16) | 0x7E00
+    return h
+
+
+def first_absmax(X: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """C's ``amax = 0; max = 0; if (fabsf(x) > amax) { amax = fabsf(x); max = x; }`` along ``axis``.
+
+    The first occurrence of the largest ``|x|`` wins; NaN never compares greater, so it is skipped.
+    """
+    X = np.moveaxis(X, axis, 0)
+    ax = np.abs(X)
+    ax[np.isnan(ax)] = 0
+    amax = np.maximum.reduce(ax, axis=0)
+    mx = np.zeros_like(amax)
+    for i in range(X.shape[0] - 1, -1, -1):  # the lowest index that reaches amax wins
+        np.copyto(mx, X[i], where=ax[i] == amax)
+    return amax, np.where(amax > 0, mx, F32(0))
 
 
 def _fp16_bytes(v: np.ndarray) -> np.ndarray:
     """float16 (B,) -> (B, 2) uint8, little-endian."""
     return v.astype("<f2").view(np.uint8).reshape(-1, 2)
-
-
-def _columns(xb: np.ndarray, n: int) -> np.ndarray:
-    """(B, 256) blocks -> (n, B*256/n) contiguous: one column per n-element sub-block."""
-    return np.ascontiguousarray(xb.reshape(-1, n).T)
-
-
-def _rows(L: np.ndarray, B: int) -> np.ndarray:
-    """Inverse of :func:`_columns` for the quant levels: (n, M) -> (B, 256) int32."""
-    return L.T.reshape(B, QK_K).astype(np.int32)
-
-
-def _requant(
-    xb: np.ndarray, L: np.ndarray, d: np.ndarray, dm: np.ndarray | None, lo: int, hi: int, offset: int = 0
-) -> None:
-    """Second pass: ``L = clamp(nearest_int((x + dm)/d)) + offset`` where ``d != 0`` (in place).
-
-    ``d``/``dm`` are (B, S) float32 per sub-block; ``xb`` and ``L`` are (B, 256).
-    """
-    B, S = d.shape
-    xs = xb.reshape(B, S, -1)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        v = xs + dm[:, :, None] if dm is not None else xs
-        new = np.clip(nearest_int(v / d[:, :, None]), lo, hi) + offset
-    Ls = L.reshape(B, S, -1)
-    np.copyto(Ls, new, where=(d != 0)[:, :, None])
 
 
 def _pack_2bit(L: np.ndarray) -> np.ndarray:
@@ -108,11 +112,7 @@ def _max0(v: np.ndarray) -> np.ndarray:
 
 def _q2_k_blocks(xb: np.ndarray) -> np.ndarray:
     B = xb.shape[0]
-    X = _columns(xb, 16)
-    Lc, scales, mins = make_qkx2_quants(X, np.abs(X), 3, -0.5, 0.1, 15, True)
-    L = _rows(Lc, B)
-    scales = scales.reshape(B, 16)
-    mins = mins.reshape(B, 16)
+    L, scales, mins = search_qkx2(xb, 16, 3, -0.5, 15, True)
     q4scale = F32(15)
     max_scale, max_min = _max0(scales), _max0(mins)
     has_s, has_m = max_scale > 0, max_min > 0
@@ -125,7 +125,7 @@ def _q2_k_blocks(xb: np.ndarray) -> np.ndarray:
         m16 = to_fp16(np.where(has_m, max_min / q4scale, F32(0)))
     d = d16.astype(F32)[:, None] * (sc & 0xF).astype(F32)
     dm = m16.astype(F32)[:, None] * (sc >> 4).astype(F32)
-    _requant(xb, L, d, dm, 0, 3)
+    requant(xb, L, d, dm, 0, 3)
     out = np.empty((B, 84), dtype=np.uint8)
     out[:, 0:16] = sc
     out[:, 16:80] = _pack_2bit(L)
@@ -148,9 +148,7 @@ def _pack_scales_q3(l6: np.ndarray) -> np.ndarray:
 
 def _q3_k_blocks(xb: np.ndarray) -> np.ndarray:
     B = xb.shape[0]
-    Lc, scales = make_q3_quants_rmse(_columns(xb, 16), 4)
-    L = _rows(Lc, B)
-    scales = scales.reshape(B, 16)
+    L, scales = search_qx(xb, 4, q3=True)
     _, max_scale = first_absmax(scales, axis=1)
     nz = max_scale != 0
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -159,7 +157,7 @@ def _q3_k_blocks(xb: np.ndarray) -> np.ndarray:
         l6 = np.where(nz[:, None], np.clip(l8, -32, 31) + 32, 0)
         d16 = to_fp16(np.where(nz, F32(1) / iscale, F32(0)))
     d = d16.astype(F32)[:, None] * (l6 - 32).astype(F32)
-    _requant(xb, L, d, None, -4, 3, 4)
+    requant(xb, L, d, None, -4, 3, 4)
     hb = L > 3
     L -= np.where(hb, 4, 0)
     hm = hb.reshape(B, 8, 32).astype(np.uint8) << np.arange(8, dtype=np.uint8)[None, :, None]
@@ -176,15 +174,7 @@ def _q3_k_blocks(xb: np.ndarray) -> np.ndarray:
 
 def _qkx_k_blocks(xb: np.ndarray, nmax: int, rmin: float, nstep: int) -> tuple[np.ndarray, ...]:
     """Shared body of Q4_K / Q5_K: returns (L (B,256), 12 scale bytes, d16, dmin16)."""
-    B = xb.shape[0]
-    X = _columns(xb, 32)
-    av_x = np.sqrt(seqsum(X * X) / F32(32))
-    W = np.abs(X)
-    W += av_x
-    Lc, scales, mins = make_qkx2_quants(X, W, nmax, rmin, 0.1, nstep, False)
-    L = _rows(Lc, B)
-    scales = scales.reshape(B, 8)
-    mins = mins.reshape(B, 8)
+    L, scales, mins = search_qkx2(xb, 32, nmax, rmin, nstep, False)
     max_scale, max_min = _max0(scales), _max0(mins)
     with np.errstate(divide="ignore", invalid="ignore"):
         inv_scale = np.where(max_scale > 0, F32(63) / max_scale, F32(0))
@@ -195,7 +185,7 @@ def _qkx_k_blocks(xb: np.ndarray, nmax: int, rmin: float, nstep: int) -> tuple[n
     m16 = to_fp16(max_min / F32(63))
     d = d16.astype(F32)[:, None] * ls.astype(F32)
     dm = m16.astype(F32)[:, None] * lm.astype(F32)
-    _requant(xb, L, d, dm, 0, nmax)
+    requant(xb, L, d, dm, 0, nmax)
     return L, _pack_scale_min_k4(ls, lm), d16, m16
 
 
@@ -227,9 +217,7 @@ def _q5_k_blocks(xb: np.ndarray) -> np.ndarray:
 
 def _q6_k_blocks(xb: np.ndarray) -> np.ndarray:
     B = xb.shape[0]
-    Lc, scales = make_qx_quants_rmse1(_columns(xb, 16), 32)
-    L = _rows(Lc, B)
-    scales = scales.reshape(B, 16)
+    L, scales = search_qx(xb, 32)
     max_abs, max_scale = first_absmax(scales, axis=1)
     live = ~(max_abs < GROUP_MAX_EPS)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -238,7 +226,7 @@ def _q6_k_blocks(xb: np.ndarray) -> np.ndarray:
         sc = ((sc + 128) & 0xFF) - 128  # stored as int8_t
         d16 = to_fp16(np.where(live, F32(1) / iscale, F32(0)))
     d = d16.astype(F32)[:, None] * sc.astype(F32)
-    _requant(xb, L, d, None, -32, 31, 32)
+    requant(xb, L, d, None, -32, 31, 32)
     L4 = L.reshape(B, 2, 4, 32)
     ql = np.concatenate(
         [(L4[:, :, 0] & 0xF) | ((L4[:, :, 2] & 0xF) << 4), (L4[:, :, 1] & 0xF) | ((L4[:, :, 3] & 0xF) << 4)],

@@ -152,7 +152,7 @@ class SafetensorsTarget(Target, name="safetensors"):
                 entry: StEntry = item.meta["entry"]
                 progress.task(TENSOR_TASK, item.in_bytes, item.key)
                 written = since_release = 0
-                for chunk in entry_chunks(entry, src, self.options.chunk_bytes, self.options.workers):
+                for chunk in entry_chunks(entry, src, self.options.chunk_bytes, self.options.threads):
                     sink.write(chunk)
                     written += chunk.nbytes
                     since_release += chunk.nbytes

@@ -100,6 +100,21 @@ def train_tokenizer(vocab_size: int, seed: int = 0) -> bytes:
     return buf.getvalue()
 
 
+def prepare_checkpoint_dir(out: Path, force: bool) -> Path:
+    """Create ``out/ckpt-0`` for a generated checkpoint and return it.
+
+    Raises:
+        OutputExistsError: ``out`` already holds checkpoint files and ``force`` is False.
+    """
+    tdir = out / TENSOR_DIR
+    if not force:
+        for existing in (tdir, out / TOKENIZER_FILENAME, out / CONFIG_FILENAME):
+            if existing.is_file() or (existing.is_dir() and any(existing.iterdir())):
+                raise OutputExistsError(existing)
+    tdir.mkdir(parents=True, exist_ok=True)
+    return tdir
+
+
 def write_fixture(out: Path | str, preset_name: str = "mini", *, seed: int = 0,
                   config: ModelConfig | None = None, force: bool = False,
                   progress: Progress = NULL_PROGRESS) -> TensorTable:
@@ -111,13 +126,8 @@ def write_fixture(out: Path | str, preset_name: str = "mini", *, seed: int = 0,
     out = Path(out)
     cfg = config or preset(preset_name)
     table = TensorTable(cfg)
-    tdir = out / TENSOR_DIR
-    if not force:
-        for existing in (tdir, out / TOKENIZER_FILENAME, out / CONFIG_FILENAME):
-            if existing.is_file() or (existing.is_dir() and any(existing.iterdir())):
-                raise OutputExistsError(existing)
     with folder_lock(out, "write a fixture"):
-        tdir.mkdir(parents=True, exist_ok=True)
+        tdir = prepare_checkpoint_dir(out, force)
         progress.task("fixture", table.file_bytes, f"writing {cfg.name} fixture")
         for spec in table:
             weight, scales = tensor_values(spec, seed)
