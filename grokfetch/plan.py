@@ -154,7 +154,7 @@ def convert_plan(ckpt: Path | None, options, *, preset: str | None) -> Plan:
     out_bytes = sum(f.nbytes for f in files)
     tok_bytes = Path(tokenizer).stat().st_size if tokenizer is not None else 0
     in_bytes = sum(i.in_bytes for f in files for i in f.items)
-    jobs = max(1, options.workers)
+    jobs = options.threads
     weights: dict[str, int] = {}
     for f in files:
         for item in f.items:

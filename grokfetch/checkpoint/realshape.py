@@ -17,9 +17,12 @@ Payloads (``payload=``):
   whatever the tensor size (a MoE tensor is 1.6 GB). One layer is 4.9 GB of int8 plus the
   3.2 GB float32 embedding.
 - ``"sparse"``: every payload is a hole in a sparse file (all zeros) except the scales; it takes
-  no disk and no time, for runs that only need the shapes (device bytes, planning).
+  no disk and no time, for runs that only need the names, sizes and headers. The checkpoint reader
+  refuses such files (a full-size shard with holes is an unfinished download), so they cannot be
+  converted or smoke-tested.
 
-``experts=N`` keeps random values only in the first N experts of each MoE tensor (holes after).
+``experts=N`` keeps random values only in the first N experts of each MoE tensor; the others are
+written as zeros (not holes, so the reader accepts the file).
 """
 
 from __future__ import annotations
@@ -87,13 +90,13 @@ def _payload_writer(spec: TensorSpec, seed: int, payload: str, experts: int | No
             f.write(memoryview(data.reshape(-1).view(np.uint8)))
             progress.advance(TASK, nbytes)
             return
-        hole = 0
+        hole = zeros = 0
         if payload == "sparse":
             hole = nbytes
         elif experts is not None and spec.per_expert:
-            hole = nbytes // spec.shape[0] * (spec.shape[0] - experts)
+            zeros = nbytes // spec.shape[0] * (spec.shape[0] - experts)
         item = 1 if spec.quantized else 4
-        left = (nbytes - hole) // item
+        left = (nbytes - hole - zeros) // item
         step = CHUNK_BYTES // item
         while left:
             n = min(step, left)
@@ -101,6 +104,11 @@ def _payload_writer(spec: TensorSpec, seed: int, payload: str, experts: int | No
             f.write(memoryview(data.view(np.uint8)))
             progress.advance(TASK, n * item)
             left -= n
+        while zeros:
+            n = min(CHUNK_BYTES, zeros)
+            f.write(bytes(n))
+            progress.advance(TASK, n)
+            zeros -= n
         if hole:
             f.seek(hole, os.SEEK_CUR)
             progress.advance(TASK, hole)
