@@ -1,0 +1,195 @@
+"""GGML block types dequantized in JAX, bit-identical to gguf-py's ``gguf.quants.dequantize``.
+
+A GGUF tensor of a block type stays on the device as its stored bytes, shaped
+``(..., rows, blocks, type_size)`` uint8 (``rows`` = GGUF rows, i.e. output channels; the blocks
+run along ``ne0``, the input axis). :func:`dequantize` turns such an array (or any local shard
+of it: whole rows, whole blocks) into float32 ``(..., rows, blocks * block_size)`` inside a jitted
+program. Every formula is gguf-py's, step for step and in the same float32 roundings, so the
+values equal its numpy dequantizer bit for bit (``tests/test_ggml_dequant.py``, per type).
+
+Covered: every block type ``grokfetch convert --to gguf`` writes (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1,
+Q2_K, Q3_K, Q4_K, Q5_K, Q6_K) and the float types (F32, F16, BF16).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from jax import lax
+
+F32 = jnp.float32
+I32 = jnp.int32
+QK_K = 256
+
+
+def _f16(b: jax.Array, start: int) -> jax.Array:
+    """The little-endian f16 at byte ``start`` of each block, as f32 ``(..., 1)``."""
+    return lax.bitcast_convert_type(b[..., start:start + 2], jnp.float16).astype(F32)[..., None]
+
+
+def _fields(b: jax.Array, *sizes: int) -> list[jax.Array]:
+    """Split the last axis into consecutive fields of the given byte sizes (widened to int32)."""
+    out, at = [], 0
+    for n in sizes:
+        out.append(b[..., at:at + n].astype(I32))
+        at += n
+    return out
+
+
+def _unpack(x: jax.Array, width: int, shifts: tuple[int, ...], mask: int) -> jax.Array:
+    """gguf-py's ``x.reshape(..., -1, 1, width) >> shifts & mask``, flattened back per block."""
+    lead = x.shape[:-1]
+    parts = x.reshape(lead + (-1, 1, width)) >> jnp.asarray(shifts, I32).reshape(-1, 1)
+    return (parts & mask).reshape(lead + (-1,))
+
+
+def _blocks_of(x: jax.Array, groups: int) -> jax.Array:
+    """``(..., n)`` → ``(..., groups, n // groups)``."""
+    return x.reshape(x.shape[:-1] + (groups, -1))
+
+
+def _q8_0(b):
+    d = _f16(b, 0)
+    x = lax.bitcast_convert_type(b[..., 2:], jnp.int8).astype(F32)
+    return x * d
+
+
+def _q4_0(b):
+    d = _f16(b, 0)
+    (qs,) = _fields(b[..., 2:], 16)
+    q = (_unpack(qs, 16, (0, 4), 0x0F) - 8).astype(F32)
+    return d * q
+
+
+def _q4_1(b):
+    d, m = _f16(b, 0), _f16(b, 2)
+    (qs,) = _fields(b[..., 4:], 16)
+    q = _unpack(qs, 16, (0, 4), 0x0F).astype(F32)
+    return (d * q) + m
+
+
+def _q5_bits(qh: jax.Array) -> jax.Array:
+    """The 32 fifth bits of a Q5_0/Q5_1 block (``qh`` read as a little-endian uint32)."""
+    return _unpack(qh, 4, tuple(range(8)), 1).reshape(qh.shape[:-1] + (8, 4)).swapaxes(-1, -2) \
+        .reshape(qh.shape[:-1] + (32,))
+
+
+def _q5_0(b):
+    d = _f16(b, 0)
+    qh, qs = _fields(b[..., 2:], 4, 16)
+    q = (_unpack(qs, 16, (0, 4), 0x0F) | (_q5_bits(qh) << 4)) - 16
+    return d * q.astype(F32)
+
+
+def _q5_1(b):
+    d, m = _f16(b, 0), _f16(b, 2)
+    qh, qs = _fields(b[..., 4:], 4, 16)
+    q = (_unpack(qs, 16, (0, 4), 0x0F) | (_q5_bits(qh) << 4)).astype(F32)
+    return (d * q) + m
+
+
+def _q2_k(b):
+    scales, qs = _fields(b, 16, 64)
+    d, dmin = _f16(b, 80), _f16(b, 82)
+    dl = (d * (scales & 0xF).astype(F32))[..., None]
+    ml = (dmin * (scales >> 4).astype(F32))[..., None]
+    q = _blocks_of(_unpack(qs, 32, (0, 2, 4, 6), 3), 16).astype(F32)
+    return (dl * q - ml).reshape(b.shape[:-1] + (QK_K,))
+
+
+def _q3_k(b):
+    hmask, qs, sc = _fields(b, 32, 64, 12)
+    d = _f16(b, 108)
+    low = _unpack(sc[..., :8], 8, (0, 4), 0x0F)
+    high = _unpack(sc[..., 8:], 4, (0, 2, 4, 6), 0x03)
+    scales = ((low | (high << 4)) - 32).astype(F32)
+    dl = (d * scales)[..., None]
+    ql = _blocks_of(_unpack(qs, 32, (0, 2, 4, 6), 3), 16)
+    qh = _blocks_of(_unpack(hmask, 32, tuple(range(8)), 1), 16) ^ 1
+    q = (ql - (qh << 2)).astype(F32)
+    return (dl * q).reshape(b.shape[:-1] + (QK_K,))
+
+
+def _scale_min_k4(sc: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """gguf-py's ``Q4_K.get_scale_min``: eight 6-bit scales and mins from 12 bytes."""
+    d, m, m_d = sc[..., 0:4], sc[..., 4:8], sc[..., 8:12]
+    scale = jnp.concatenate([d & 0x3F, (m_d & 0x0F) | ((d >> 2) & 0x30)], axis=-1)
+    mins = jnp.concatenate([m & 0x3F, (m_d >> 4) | ((m >> 2) & 0x30)], axis=-1)
+    return scale, mins
+
+
+def _k4_affine(b, q):
+    d, dmin = _f16(b, 0), _f16(b, 2)
+    (sc,) = _fields(b[..., 4:16], 12)
+    scale, mins = _scale_min_k4(sc)
+    dl = (d * scale.astype(F32))[..., None]
+    dm = (dmin * mins.astype(F32))[..., None]
+    return (dl * _blocks_of(q, 8).astype(F32) - dm).reshape(b.shape[:-1] + (QK_K,))
+
+
+def _q4_k(b):
+    (qs,) = _fields(b[..., 16:], 128)
+    return _k4_affine(b, _unpack(qs, 32, (0, 4), 0x0F))
+
+
+def _q5_k(b):
+    qh, qs = _fields(b[..., 16:], 32, 128)
+    ql = _unpack(qs, 32, (0, 4), 0x0F)
+    hi = _unpack(qh, 32, tuple(range(8)), 1)
+    return _k4_affine(b, ql | (hi << 4))
+
+
+def _q6_k(b):
+    ql, qh = _fields(b, 128, 64)
+    scales = lax.bitcast_convert_type(b[..., 192:208], jnp.int8).astype(F32)
+    d = _f16(b, 208)
+    dl = (d * scales)[..., None]
+    low = _unpack(ql, 64, (0, 4), 0x0F)
+    high = _unpack(qh, 32, (0, 2, 4, 6), 0x03)
+    q = _blocks_of((low | (high << 4)) - 32, 16).astype(F32)
+    return (dl * q).reshape(b.shape[:-1] + (QK_K,))
+
+
+def _f32(b):
+    return lax.bitcast_convert_type(b.reshape(b.shape[:-1] + (-1, 4)), F32)
+
+
+def _f16_t(b):
+    return lax.bitcast_convert_type(b.reshape(b.shape[:-1] + (-1, 2)), jnp.float16).astype(F32)
+
+
+def _bf16(b):
+    return lax.bitcast_convert_type(b.reshape(b.shape[:-1] + (-1, 2)), jnp.bfloat16).astype(F32)
+
+
+T = GGMLQuantizationType
+#: Per type, a function of ``(..., type_size)`` uint8 blocks → ``(..., block_size)`` float32.
+DEQUANTIZERS: dict[GGMLQuantizationType, Callable[[jax.Array], jax.Array]] = {
+    T.F32: _f32, T.F16: _f16_t, T.BF16: _bf16,
+    T.Q8_0: _q8_0, T.Q4_0: _q4_0, T.Q4_1: _q4_1, T.Q5_0: _q5_0, T.Q5_1: _q5_1,
+    T.Q2_K: _q2_k, T.Q3_K: _q3_k, T.Q4_K: _q4_k, T.Q5_K: _q5_k, T.Q6_K: _q6_k,
+}
+#: Block types kept as stored bytes on the device (the float types are placed as arrays).
+BLOCK_TYPES = frozenset(t for t in DEQUANTIZERS if t not in (T.F32, T.F16, T.BF16))
+
+
+def block_shape(qtype: GGMLQuantizationType) -> tuple[int, int]:
+    """``(block_size, type_size)``: values per block and stored bytes per block."""
+    return GGML_QUANT_SIZES[qtype]
+
+
+def dequantize(blocks: jax.Array, qtype: GGMLQuantizationType | str) -> jax.Array:
+    """float32 ``(..., rows, nb * block_size)`` from stored blocks ``(..., rows, nb, type_size)``.
+
+    Exactly gguf-py's ``gguf.quants.dequantize`` of the same bytes, reshaped.
+    """
+    qtype = T[qtype] if isinstance(qtype, str) else qtype
+    bs, ts = block_shape(qtype)
+    if blocks.dtype != jnp.uint8 or blocks.shape[-1] != ts:
+        raise ValueError(f"{qtype.name} blocks must be uint8 (..., {ts}), not {blocks.dtype} "
+                         f"{blocks.shape}")
+    out = DEQUANTIZERS[qtype](blocks)
+    return out.reshape(blocks.shape[:-2] + (blocks.shape[-2] * bs,))
