@@ -7,7 +7,9 @@ name ``numpy.core.multiarray`` (numpy 1.x) so that the official numpy 1.26 loade
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -36,19 +38,37 @@ def write_tensor_file(path: Path | str, spec: TensorSpec, weight: np.ndarray,
         raise CheckpointError(path, f"refusing to write {spec.path}: bad scales",
                               expected=f"bfloat16{list(spec.scales_shape or ())}",
                               actual=None if scales is None else f"{scales.dtype}{list(scales.shape)}")
-    payloads = iter([weight, scales] if spec.quantized else [weight])
+    payloads = [weight, scales] if spec.quantized else [weight]
+
+    def put(f: BinaryIO, i: int, nbytes: int) -> None:
+        data = memoryview(np.ascontiguousarray(payloads[i]).reshape(-1).view(np.uint8))
+        assert len(data) == nbytes
+        f.write(data)
+
+    return write_tensor_pieces(path, spec, put)
+
+
+def write_tensor_pieces(path: Path | str, spec: TensorSpec,
+                        put: Callable[[BinaryIO, int, int], None]) -> int:
+    """Write one tensor file atomically, the payloads coming from ``put``; returns its size.
+
+    The pickle framing is written here; ``put(f, i, nbytes)`` must write (or seek over, for a
+    sparse file) exactly ``nbytes`` of payload ``i`` (0 = the weight, 1 = the bf16 scales) at
+    the file position. Used by :func:`write_tensor_file` and by generators that stream a large
+    payload in chunks.
+    """
     written = 0
     with atomic_file(path) as f:
+        i = 0
         for piece in encode_layout(spec.shape, spec.scales_shape):
             if isinstance(piece, bytes):
                 f.write(piece)
                 written += len(piece)
             else:
-                arr = np.ascontiguousarray(next(payloads))
-                data = memoryview(arr.reshape(-1).view(np.uint8))
-                assert len(data) == piece
-                f.write(data)
+                put(f, i, piece)
+                i += 1
                 written += piece
+        f.truncate()  # a payload skipped with seek at the very end still counts
     return written
 
 
