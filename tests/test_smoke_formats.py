@@ -107,3 +107,43 @@ def test_q4_k_m_blocks_on_device_equal_host_dequantized(k256, jax_devices, n, dt
     # The dense copy the old path placed is several times larger (bf16: 16 bits a weight).
     dense_held = set(device_bytes_held([dparams]).values()).pop() - plan.held_as["dense"]
     assert dense_held > (2.5 if n == 2 else 1.2) * blocks_held
+
+
+FORMATS = ["pickle", "st-int8", "st-bf16", "jax-int8", "gguf-q8", "gguf-q4km"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", FORMATS)
+def test_preflight_matches_xla_memory_analysis(k256, jax_devices, name):
+    """For every format and N: the weights and KV cache the preflight plans per device are the
+    arguments XLA's compiled programs take, the analytic temporaries bound XLA's, and the
+    loaded arrays hold exactly the planned bytes."""
+    from grokfetch.smoke.engine import Engine, layer_signatures
+    from grokfetch.smoke.load import device_bytes_held, load_params, open_source
+    from grokfetch.smoke.mesh import make_mesh, preflight
+
+    src = open_source(k256[name])
+    cfg, dtype = src.config, "bfloat16"
+    for n in (1, 2, 8):
+        forms = layer_signatures(src.table, src.form_fn(n))
+        eng = Engine(src.table, make_mesh(jax_devices[:n]), dtype, forms, CACHE)
+        stats = eng.compile(("prefill",))
+        plan = preflight(src.table, n, None, layers=cfg.num_layers, tokens=CACHE, cache_len=CACHE,
+                         forms=src.form_fn(n), compute_dtype=dtype)
+        h = CACHE * cfg.emb_size * 2  # the bf16 residual stream, replicated
+        per_layer = [stats[eng._layer_key("prefill", i)]["argument"] - h - 4 - CACHE
+                     for i in range(cfg.num_layers)]  # minus pos (int32) and key_ok (bool)
+        xla = sum(per_layer) + stats["prefill/head"]["argument"] - h
+        assert xla == plan.weights + plan.kv_cache, (name, n)
+        assert 0 < eng.temporaries(stats) <= plan.temporaries, (name, n)
+        if n == 2:
+            params = load_params(src, eng, cfg.num_layers)
+            assert set(device_bytes_held([params]).values()) == {plan.weights}, name
+        if name == "st-bf16":
+            assert set(plan.held_as) == {"dense"}  # bf16 exports stay dense, and the plan says so
+        elif name.startswith("gguf"):  # stored blocks (Q8_0; Q4_K, Q5_K, Q6_K, Q8_0) + dense globals
+            blocks = set(plan.held_as) - {"dense"}
+            assert blocks == ({"Q8_0"} if name == "gguf-q8" else
+                              {"Q4_K", "Q5_K", "Q6_K", "Q8_0"} if n < 8 else {"Q4_K", "Q8_0"})
+        else:
+            assert set(plan.held_as) == {"int8", "dense"}

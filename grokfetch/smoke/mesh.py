@@ -248,18 +248,21 @@ class Preflight:
 
 
 def estimate_temporaries(cfg: ModelConfig, n: int, tokens: int, cache_len: int,
-                         compute_dtype: str, blocks: bool = False) -> int:
+                         compute_dtype: str, blocks: bool = False, dense_experts: bool = False) -> int:
     """A generous analytic bound on the largest live temporaries of one program (per device).
 
     The layer program materialises one expert's three dequantized matrices (scan over experts;
     a backend may also widen them to f32 for the matmul; GGML ``blocks`` add the f32 values and
-    the transposed copy of one matrix), the FFN activations and the attention probabilities, and
-    the MoE's f32 stack of per-expert outputs ``(E, T, D)`` with its all-reduced copy; the output
-    head casts (and may transpose) the embedding shard and returns replicated f32 logits.
+    the transposed copy of one matrix; with ``dense_experts`` XLA's CPU backend widens the whole
+    expert stack to f32 before the loop), the FFN activations and the attention probabilities,
+    and the MoE's f32 stack of per-expert outputs ``(E, T, D)`` with its all-reduced copy; the
+    output head casts (and may transpose) the embedding shard and returns replicated f32 logits.
     """
     b = _bytes_of(compute_dtype)
     d, f, v = cfg.emb_size, cfg.ffn_size // n, cfg.vocab_size
     expert = 3 * d * f * (b + 4) + (d * f * (4 + b) if blocks else 0)
+    if dense_experts:
+        expert += cfg.num_experts * 3 * d * f * 4
     ffn_act = tokens * f * (3 * b + 4) + 2 * tokens * d * 4 + 2 * cfg.num_experts * tokens * d * 4
     attn_w = (2 * d * cfg.q_size + 2 * d * cfg.kv_size) * (b + 4) // n
     probs = (cfg.num_q_heads // n) * tokens * cache_len * 4 * 3
@@ -277,14 +280,16 @@ def preflight(table: TensorTable, n: int, device_bytes: int | None, *, layers: i
     cfg = table.config
     form_of = uniform_forms(forms) if isinstance(forms, str) else forms
     held: dict[str, int] = {}
+    dense_experts = False
     for s in table.select(range(layers)):
         form = form_of(s)
         held[form] = held.get(form, 0) + shard_bytes(s, n, form, compute_dtype)
+        dense_experts |= s.per_expert and form == "dense"
     kv = layers * 2 * cache_len * (cfg.num_kv_heads // n) * cfg.key_size * _bytes_of(compute_dtype)
     measured = temporaries is not None
     blocks = any(f not in ARRAY_FORMS for f in held)
     temps = temporaries if measured else estimate_temporaries(cfg, n, tokens, cache_len,
-                                                              compute_dtype, blocks)
+                                                              compute_dtype, blocks, dense_experts)
     return Preflight(n, layers, sum(held.values()), kv, int(temps), device_bytes, measured,
                      held_as=held)
 
