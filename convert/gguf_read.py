@@ -17,6 +17,7 @@ layers the file does not hold are skipped.
 
 from __future__ import annotations
 
+import mmap
 import re
 import struct
 from collections.abc import Iterator
@@ -93,6 +94,7 @@ class GGUFModel:
             raise CheckpointError(self.paths[0], "split.count disagrees with the files found",
                                   expected=count, actual=len(self.readers))
         self.tensors = {t.name: t for r in self.readers for t in r.tensors}
+        self._owner = {t.name: r for r in self.readers for t in r.tensors}
         total = field_value(first, Keys.Split.LLM_KV_SPLIT_TENSORS_COUNT, len(self.tensors))
         if total != len(self.tensors):
             raise CheckpointError(self.paths[0], "split.tensors.count disagrees with the tensors",
@@ -130,6 +132,18 @@ class GGUFModel:
         raw = np.asarray(t.data).reshape(-1).view(np.uint8)
         return StoredTensor(name, t.tensor_type, shape, raw.reshape(shape[:-1] + (shape[-1] // bs, ts)),
                             transpose)
+
+
+    def release(self, name: str) -> None:
+        """Drop a tensor's pages from this process's resident memory (the page cache keeps
+        them), so reading a model tensor by tensor holds about one tensor at a time."""
+        advice = getattr(mmap, "MADV_DONTNEED", None)
+        mm = getattr(self._owner[name].data, "_mmap", None)
+        if advice is None or mm is None:
+            return
+        t = self.tensors[name]
+        start = int(t.data_offset) // mmap.PAGESIZE * mmap.PAGESIZE
+        mm.madvise(advice, start, int(t.data_offset) + int(t.n_bytes) - start)
 
 
 @dataclass(frozen=True)
@@ -200,9 +214,11 @@ def tensor_types(model: GGUFModel, table: TensorTable) -> dict[int, GGMLQuantiza
 
 def iter_stored(model: GGUFModel, table: TensorTable,
                 specs: list[TensorSpec] | None = None) -> Iterator[tuple[TensorSpec, StoredTensor, None]]:
-    """Yield ``(spec, stored tensor, None)`` for the specs the GGUF holds, in model order."""
+    """Yield ``(spec, stored tensor, None)`` for the specs the GGUF holds, in model order; a
+    tensor's pages leave the resident set once the consumer asks for the next one."""
     for spec, name in _names(model, table, specs):
         yield spec, model.stored(name, spec.slot.transpose), None
+        model.release(name)
 
 
 def iter_params(out: Path | str | GGUFModel, table: TensorTable,

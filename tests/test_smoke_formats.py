@@ -147,3 +147,45 @@ def test_preflight_matches_xla_memory_analysis(k256, jax_devices, name):
                               {"Q4_K", "Q5_K", "Q6_K", "Q8_0"} if n < 8 else {"Q4_K", "Q8_0"})
         else:
             assert set(plan.held_as) == {"int8", "dense"}
+
+
+def _scheme_forms(table, scheme: str, n: int):
+    """``(form, type)`` functions of a ``convert --quant SCHEME`` GGUF of ``table`` (no file)."""
+    from grokfetch.convert.quant import SCHEMES, tensor_type
+
+    from grokfetch.smoke.mesh import gguf_form
+
+    cfg = table.config
+
+    def qtype(spec):
+        return tensor_type(SCHEMES[scheme], spec, layer=spec.layer, n_layers=cfg.num_layers,
+                           n_experts=cfg.num_experts, ne0=spec.gguf_shape[-1],
+                           n_gqa=cfg.num_q_heads // cfg.num_kv_heads)
+
+    return (lambda spec: gguf_form(spec, qtype(spec), n)), qtype
+
+
+@pytest.mark.parametrize("scheme,per_device_gib", [("Q4_K_M", 22.64), ("Q8_0", 39.34)])
+def test_grok1_gguf_preflight_is_the_file_over_n(scheme, per_device_gib):
+    """docs/smoke.md's real-scale table: a Grok-1 GGUF on 8 devices holds its own bytes / 8
+    (plus the f32 embedding, norms and routers), not a dense copy."""
+    from grokfetch.convert.quant import type_nbytes
+
+    from grokfetch.smoke.mesh import preflight
+    from grokfetch.spec import TensorTable, preset
+
+    table = TensorTable(preset("grok-1"))
+    forms, qtype = _scheme_forms(table, scheme, 8)
+    plan = preflight(table, 8, 80 * 10**9, layers=64, tokens=24, cache_len=24, forms=forms)
+    stored = sum(type_nbytes(s.gguf_shape, qtype(s)) for s in table if s.quantized)
+    f32 = sum(s.payload_bytes // (8 if s.slot.key == "embed" else 1) for s in table if not s.quantized)
+    assert plan.weights == stored // 8 + f32
+    assert round(plan.weights / 2**30, 2) == per_device_gib
+    assert "dense" not in {forms(s) for s in table if s.quantized}  # every matrix stays blocks
+    assert plan.fits
+    if scheme == "Q4_K_M":  # 192 GB / 8 + activations; 4 × 80 GB hold it too, 2 × 80 GB do not
+        assert 190e9 < stored < 200e9
+        assert preflight(table, 4, 80 * 10**9, layers=64, tokens=24, cache_len=24,
+                         forms=_scheme_forms(table, scheme, 4)[0]).fits
+        assert not preflight(table, 2, 80 * 10**9, layers=64, tokens=24, cache_len=24,
+                             forms=_scheme_forms(table, scheme, 2)[0]).fits
