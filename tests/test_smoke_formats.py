@@ -3,8 +3,8 @@
 The ``k256`` fixture (tests/kquant_fixture.py: 512 wide, 8 experts, 4 layers) goes through the
 converters; a GGUF's block types stay bytes on the devices and are dequantized inside the
 sharded layer. The reference is the same GGUF dequantized on the host by gguf-py and placed
-dense (what smoke did before): the f32 logits must be identical, while the devices hold the
-GGUF's bytes instead of a dense copy.
+dense (what smoke did before): the logits must agree to f32 (bf16) rounding, while the devices
+hold the GGUF's bytes instead of a dense copy.
 """
 
 from __future__ import annotations
@@ -96,14 +96,12 @@ def test_q4_k_m_blocks_on_device_equal_host_dequantized(k256, jax_devices, n, dt
         assert blocks_held == sum(stored[s.gguf_name] for s in src.table if s.quantized) // 2
     dense_src = _host_dense(k256["gguf-q4km"])
     _, _, dparams, want = _run(dense_src, devices, dtype, forms="dense")
-    if dtype == "float32":
-        assert np.array_equal(got, want)  # the same weights, bit for bit, through the same model
-    else:
-        # Same weights again, but XLA fuses the two bf16 programs differently and may keep a
-        # bf16-rounded activation in f32 in one of them (it allows excess precision), so the
-        # logits agree to bf16 accuracy, not bit for bit.
-        assert np.abs(got - want).max() < 2e-2 * np.abs(want).max()
-        assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.9
+    # The same weights (tests/test_ggml_dequant.py: bit for bit), but the matmul reads the
+    # blocks' dequantized (out, in) array transposed, so f32 sums run in another order; in bf16
+    # XLA also fuses the two programs differently (it may keep a bf16-rounded activation in f32).
+    tol = 1e-5 if dtype == "float32" else 2e-2
+    assert np.abs(got - want).max() < tol * np.abs(want).max()
+    assert (got.argmax(-1) == want.argmax(-1)).mean() >= (1.0 if dtype == "float32" else 0.9)
     # The dense copy the old path placed is several times larger (bf16: 16 bits a weight).
     dense_held = set(device_bytes_held([dparams]).values()).pop() - plan.held_as["dense"]
     assert dense_held > (2.5 if n == 2 else 1.2) * blocks_held
