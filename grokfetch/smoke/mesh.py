@@ -251,16 +251,16 @@ def estimate_temporaries(cfg: ModelConfig, n: int, tokens: int, cache_len: int,
                          compute_dtype: str, blocks: bool = False, dense_experts: bool = False) -> int:
     """A generous analytic bound on the largest live temporaries of one program (per device).
 
-    The layer program materialises two experts' three dequantized matrices (the expert scan
-    carries the next expert's while one is in use; a backend may also widen them to f32 for the
-    matmul; GGML ``blocks`` add one matrix's f32 values; with ``dense_experts`` XLA's CPU backend
-    widens the whole expert stack to f32 before the loop), the FFN activations and the attention probabilities,
+    The layer program materialises one expert's three dequantized matrices (scan over experts;
+    a backend may also widen them to f32 for the matmul; GGML ``blocks`` add one matrix's f32
+    values; with ``dense_experts`` XLA's CPU backend widens the whole expert stack to f32 before
+    the loop), the FFN activations and the attention probabilities,
     and the MoE's f32 stack of per-expert outputs ``(E, T, D)`` with its all-reduced copy; the
     output head casts (and may transpose) the embedding shard and returns replicated f32 logits.
     """
     b = _bytes_of(compute_dtype)
     d, f, v = cfg.emb_size, cfg.ffn_size // n, cfg.vocab_size
-    expert = 3 * d * f * (2 * b + 4) + (d * f * (4 + b) if blocks else 0)
+    expert = 3 * d * f * (b + 4) + (d * f * (4 + b) if blocks else 0)
     if dense_experts:
         expert += cfg.num_experts * 3 * d * f * 4
     ffn_act = tokens * f * (3 * b + 4) + 2 * tokens * d * 4 + 2 * cfg.num_experts * tokens * d * 4

@@ -44,16 +44,10 @@ def dequant(wd: dict, dtype: Any) -> jax.Array:
     (GGUF layout, whole rows and blocks per shard) give gguf-py's f32 values cast to ``dtype``,
     as a dense GGUF read on the host would, seen as ``(in, out)``.
     """
-    w, stored_layout = _dequant_as_stored(wd, dtype)
-    return jnp.swapaxes(w, -1, -2) if stored_layout else w
-
-
-def _dequant_as_stored(wd: dict, dtype: Any) -> tuple[jax.Array, bool]:
-    """:func:`dequant` before the layout change: ``(weight, True)`` for GGML blocks, still
-    ``(out, in)`` as stored (a matmul reads it transposed; no transposed copy is made)."""
     if "w" not in wd:
         (qtype, blocks), = wd.items()
-        return lax.optimization_barrier(ggml.dequantize(blocks, qtype).astype(dtype)), True
+        # (out, in) as stored; the matmul reads it transposed (no transposed copy is made).
+        return jnp.swapaxes(lax.optimization_barrier(ggml.dequantize(blocks, qtype).astype(dtype)), -1, -2)
     w = wd["w"]
     if "s" not in wd:
         out = w.astype(dtype)
@@ -71,7 +65,7 @@ def _dequant_as_stored(wd: dict, dtype: Any) -> tuple[jax.Array, bool]:
         out = prod.astype(BF16).astype(dtype)
     # Materialise the weight before the matmul, so quantized and dense formats feed the dot
     # the same array and compile to the same matmul (lossless formats: identical logits).
-    return lax.optimization_barrier(out), False
+    return lax.optimization_barrier(out)
 
 
 def matmul(x: jax.Array, w: jax.Array, dtype: Any) -> jax.Array:
@@ -168,35 +162,11 @@ def round_bf16(x: jax.Array) -> jax.Array:
     return lax.reduce_precision(x.astype(F32), exponent_bits=8, mantissa_bits=7)
 
 
-def scan_experts(fn, weights: tuple, dtype: Any) -> jax.Array:
-    """``stack([fn(*dequant(w[e]) for w in weights) for e in experts])``, one expert at a time.
-
-    A ``lax.scan`` whose carry holds the current expert's dequantized weights (GGML blocks in
-    their stored ``(out, in)`` layout) while the next expert's are dequantized: the matmuls read
-    materialized arrays, so no backend fuses a dequantization into a matmul (XLA's CPU backend
-    otherwise does for one-token decode, running the K-quant decoding inside a scalar reduction
-    loop). Two experts' weights are live.
-    """
-    n = jax.tree_util.tree_leaves(weights[0])[0].shape[0]
-    stored = ["w" not in w for w in weights]
-
-    def expert(e):
-        return tuple(_dequant_as_stored(jax.tree_util.tree_map(lambda a: a[e], w), dtype)[0]
-                     for w in weights)
-
-    def step(current, e):
-        args = (jnp.swapaxes(c, -1, -2) if t else c for c, t in zip(current, stored, strict=True))
-        return expert(jnp.minimum(e + 1, n - 1)), fn(*args)
-
-    _, ys = lax.scan(step, expert(0), jnp.arange(n))
-    return ys
-
-
 def moe(h: jax.Array, p: Params, cfg: ModelConfig, dtype: Any, axis: str | None) -> jax.Array:
     """The MoE output, already reduced over ``axis``, in ``dtype``.
 
-    :func:`scan_experts` dequantizes one expert at a time (two are live: the one in use and the
-    next). Every expert runs on every token (as in the reference); unselected experts get gate 0.
+    ``lax.scan`` over the experts keeps one expert's dequantized weights live at a time. Every
+    expert runs on every token (as in the reference); unselected experts get gate 0.
 
     Each device's scan stacks its partial down projections ``(E, T, D)`` in f32; one ``psum``
     of the stack gives every expert's full ``y_e``. In bf16 mode the rest follows grok1-format
@@ -209,12 +179,15 @@ def moe(h: jax.Array, p: Params, cfg: ModelConfig, dtype: Any, axis: str | None)
     if bf16:
         gates = round_bf16(gates)
 
-    def one_expert(gate_w, up_w, down_w):  # one expert's dequantized (local) weights
-        a = matmul(h, gate_w, dtype)
-        b = matmul(h, up_w, dtype)
-        return jnp.matmul(jax.nn.gelu(a, approximate=True) * b, down_w, preferred_element_type=F32)
+    def one_expert(carry, xs):
+        gate_w, up_w, down_w = xs
+        a = matmul(h, dequant(gate_w, dtype), dtype)
+        b = matmul(h, dequant(up_w, dtype), dtype)
+        y = jnp.matmul(jax.nn.gelu(a, approximate=True) * b, dequant(down_w, dtype),
+                       preferred_element_type=F32)
+        return carry, y
 
-    ys = scan_experts(one_expert, (p["moe_gate"], p["moe_up"], p["moe_down"]), dtype)
+    _, ys = lax.scan(one_expert, None, (p["moe_gate"], p["moe_up"], p["moe_down"]))
     if axis is not None:
         ys = lax.psum(ys, axis)  # the tensor-parallel sum of partials, in f32
     if bf16:
