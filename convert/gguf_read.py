@@ -40,6 +40,8 @@ KEY_BLOCK_COUNT = Keys.LLM.BLOCK_COUNT.format(arch=ARCH)
 KEY_SOURCE_LAYERS = "grokfetch.source_layers"
 KEY_SOURCE_EXPERTS = "grokfetch.source_experts"
 KEY_SCHEME = "grokfetch.scheme"
+#: Values dequantized per step by :meth:`StoredTensor.dense` (16 MiB of f32).
+DENSE_CHUNK = 4 * 1024 * 1024
 _SPLIT = re.compile(r"^(?P<stem>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 
 
@@ -168,7 +170,8 @@ class StoredTensor:
 
     def dense(self, idx: tuple[slice, ...] | None = None) -> np.ndarray:
         """float32 values (bf16 for BF16) of a JAX-layout slice ``idx`` (default: all of it),
-        dequantized with gguf-py from the whole blocks that cover it."""
+        dequantized with gguf-py from the whole blocks that cover it, :data:`DENSE_CHUNK` values
+        at a time (gguf-py's temporaries stay small next to the result)."""
         full = tuple(slice(None) for _ in self.shape)
         idx = tuple(idx or ()) + full[len(idx or ()):]
         if self.transpose:
@@ -176,13 +179,17 @@ class StoredTensor:
         c0, c1, _ = idx[-1].indices(self.gguf_shape[-1])
         bs = GGML_QUANT_SIZES[self.qtype][0]
         b0, b1 = c0 // bs, -(-c1 // bs)
-        raw = np.ascontiguousarray(self.blocks[idx[:-1] + (slice(b0, b1),)])
-        if self.qtype == GGMLQuantizationType.BF16:
-            vals = raw.view(BF16)
-        else:
-            vals = dequantize_bytes(raw.reshape(-1, raw.shape[-2] * raw.shape[-1]), self.qtype)
-        vals = vals.reshape(raw.shape[:-2] + ((b1 - b0) * bs,))[..., c0 - b0 * bs:c1 - b0 * bs]
-        return np.ascontiguousarray(np.swapaxes(vals, -1, -2) if self.transpose else vals)
+        raw = self.blocks[idx[:-1] + (slice(b0, b1),)]
+        rows = raw.reshape(-1, raw.shape[-2] * raw.shape[-1])
+        bf16 = self.qtype == GGMLQuantizationType.BF16
+        vals = np.empty((len(rows), c1 - c0), BF16 if bf16 else np.float32)
+        step = max(1, DENSE_CHUNK // ((b1 - b0) * bs))
+        for r in range(0, len(rows), step):
+            part = np.ascontiguousarray(rows[r:r + step])
+            got = part.view(BF16) if bf16 else dequantize_bytes(part, self.qtype)
+            vals[r:r + step] = got.reshape(len(part), -1)[:, c0 - b0 * bs:c1 - b0 * bs]
+        vals = vals.reshape(raw.shape[:-2] + (c1 - c0,))
+        return np.ascontiguousarray(np.swapaxes(vals, -1, -2)) if self.transpose else vals
 
 
 def open_gguf(out: Path | str) -> GGUFModel:
