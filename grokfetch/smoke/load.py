@@ -265,7 +265,15 @@ def place(arr: Any, sharding: Any):
     as :class:`DenseSlices`); each device copies only its own slice."""
     import jax
 
-    return jax.make_array_from_callback(arr.shape, sharding, lambda idx: np.array(arr[idx]))
+    return jax.make_array_from_callback(arr.shape, sharding, lambda idx: _owned(arr[idx]))
+
+
+def _owned(x: np.ndarray) -> np.ndarray:
+    """``x`` when it owns its memory (a freshly dequantized slice), else a copy of it (a view
+    into a memory map or a whole tensor, which the device must not keep alive)."""
+    if type(x) is np.ndarray and x.flags.owndata:
+        return x
+    return np.array(x)
 
 
 @dataclass(frozen=True)
