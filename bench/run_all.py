@@ -27,7 +27,7 @@ Row = tuple[str, float, str, float, str, float]  # case, ours, anchor name, anch
 #: The flag each script takes for its real-size run.
 FULL_FLAGS = {"convert": ["--real-layer"], "convert_st_jax": ["--real-layer"], "kquants": ["--full"],
               "llama_quantize": ["--experts", "8"],
-              "download": ["--size", "1G"], "verify": ["--size", "4G"]}
+              "download": ["--size", "1G"], "verify": ["--size", "4G"], "smoke": ["--real-layer"]}
 
 
 def _convert_gguf(d: dict[str, Any]) -> list[Row]:
@@ -104,10 +104,28 @@ def _llama_quantize(d: dict[str, Any]) -> list[Row]:
              a["peak_rss_mib"] / o["peak_rss_mib"])]
 
 
+def _smoke_formats(d: dict[str, Any]) -> list[Row]:
+    """GGUF Q4_K_M smoke against the pickle smoke of the same checkpoint (> 1: GGUF better)."""
+    g, p = d["gguf_q4_k_m"], d["pickle"]
+    rows: list[Row] = [
+        (f"smoke Q4_K_M GGUF device bytes, {d['case']}", g["device_bytes"] / 2**20, "pickle smoke",
+         p["device_bytes"] / 2**20, "MiB/device", p["device_bytes"] / g["device_bytes"]),
+        (f"smoke Q4_K_M GGUF wall, {d['case']}", g["process_wall_s"], "pickle smoke",
+         p["process_wall_s"], "s", p["process_wall_s"] / g["process_wall_s"])]
+    for name, r in (("pickle", p), ("Q4_K_M", g)):
+        if "held_over_preflight" in r:
+            pf = r["preflight"]
+            rows.append((f"smoke {name} held bytes/device vs preflight, {d['case']}", r["device_bytes"] / 2**20,
+                         "preflight", (pf["weights"] + pf["kv_cache"]) / 2**20, "MiB/device",
+                         1 / r["held_over_preflight"]))
+    return rows
+
+
 ADAPTERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "convert_gguf": _convert_gguf, "convert_st_jax": _convert_st_jax, "kquants": _kquants,
     "download": _download, "download_order": _download_order, "verify": _verify,
-    "llama_quantize": _llama_quantize}
+    "llama_quantize": _llama_quantize, "smoke_formats": _smoke_formats,
+    "smoke_real_layer": _smoke_formats}
 
 
 def discover() -> dict[str, Path]:

@@ -3,7 +3,10 @@
 :func:`iter_params` opens ``OUT`` (a folder holding one GGUF, possibly split, or a ``.gguf``
 path), and yields ``(spec, array, None)`` for each spec of ``table`` in model order, in JAX
 layout ((in, out); experts (E, in, out); embedding (vocab, d)), dequantized with gguf-py:
-bf16 for BF16 tensors (bit-exact), float32 otherwise.
+bf16 for BF16 tensors (bit-exact), float32 otherwise. :func:`iter_stored` yields the same tensors
+as they are stored (:class:`StoredTensor`: the type and the memory-mapped blocks, nothing
+dequantized), for the smoke test, which keeps block types as bytes on the devices and reads
+dense slices (:meth:`StoredTensor.dense`) only where a tensor is placed as an array.
 
 Which table to pass: the output folder's own ``model-config.json`` describes the output (a
 ``--layers``/``--experts`` subset has ``num_layers``/``num_experts`` of what it kept, renumbered
@@ -14,15 +17,17 @@ layers the file does not hold are skipped.
 
 from __future__ import annotations
 
+import mmap
 import re
 import struct
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import ml_dtypes
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFReader, Keys
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, Keys
 from grokfetch.convert.quant import dequantize_bytes
 
 from grokfetch.errors import CheckpointError, NotFoundError
@@ -35,6 +40,8 @@ KEY_BLOCK_COUNT = Keys.LLM.BLOCK_COUNT.format(arch=ARCH)
 KEY_SOURCE_LAYERS = "grokfetch.source_layers"
 KEY_SOURCE_EXPERTS = "grokfetch.source_experts"
 KEY_SCHEME = "grokfetch.scheme"
+#: Values dequantized per step by :meth:`StoredTensor.dense` (16 MiB of f32).
+DENSE_CHUNK = 4 * 1024 * 1024
 _SPLIT = re.compile(r"^(?P<stem>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 
 
@@ -89,6 +96,7 @@ class GGUFModel:
             raise CheckpointError(self.paths[0], "split.count disagrees with the files found",
                                   expected=count, actual=len(self.readers))
         self.tensors = {t.name: t for r in self.readers for t in r.tensors}
+        self._owner = {t.name: r for r in self.readers for t in r.tensors}
         total = field_value(first, Keys.Split.LLM_KV_SPLIT_TENSORS_COUNT, len(self.tensors))
         if total != len(self.tensors):
             raise CheckpointError(self.paths[0], "split.tensors.count disagrees with the tensors",
@@ -117,16 +125,80 @@ class GGUFModel:
             return np.asarray(t.data, dtype=np.float32).reshape(shape)
         return dequantize_bytes(np.asarray(t.data), t.tensor_type).reshape(shape)
 
+    def stored(self, name: str, transpose: bool) -> StoredTensor:
+        """A tensor as stored (memory-mapped, nothing read yet); ``transpose``: JAX layout is
+        the GGUF layout with the last two axes swapped."""
+        t = self.tensors[name]
+        shape = tuple(int(x) for x in reversed(t.shape))
+        bs, ts = GGML_QUANT_SIZES[t.tensor_type]
+        raw = np.asarray(t.data).reshape(-1).view(np.uint8)
+        return StoredTensor(name, t.tensor_type, shape, raw.reshape(shape[:-1] + (shape[-1] // bs, ts)),
+                            transpose)
+
+
+    def release(self, name: str) -> None:
+        """Drop a tensor's pages from this process's resident memory (the page cache keeps
+        them), so reading a model tensor by tensor holds about one tensor at a time."""
+        advice = getattr(mmap, "MADV_DONTNEED", None)
+        mm = getattr(self._owner[name].data, "_mmap", None)
+        if advice is None or mm is None:
+            return
+        t = self.tensors[name]
+        start = int(t.data_offset) // mmap.PAGESIZE * mmap.PAGESIZE
+        mm.madvise(advice, start, int(t.data_offset) + int(t.n_bytes) - start)
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    """One GGUF tensor as stored: its GGML type and its bytes, memory-mapped.
+
+    ``blocks`` is uint8 ``(..., rows, ne0 / block_size, type_size)`` in the GGUF layout (rows =
+    output channels of a matrix). Indexing copies only what is asked for.
+    """
+
+    name: str
+    qtype: GGMLQuantizationType
+    gguf_shape: tuple[int, ...]
+    blocks: np.ndarray
+    transpose: bool
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The JAX-layout shape ((in, out) for transposed matrices)."""
+        g = self.gguf_shape
+        return g[:-2] + (g[-1], g[-2]) if self.transpose else g
+
+    def dense(self, idx: tuple[slice, ...] | None = None) -> np.ndarray:
+        """float32 values (bf16 for BF16) of a JAX-layout slice ``idx`` (default: all of it),
+        dequantized with gguf-py from the whole blocks that cover it, :data:`DENSE_CHUNK` values
+        at a time (gguf-py's temporaries stay small next to the result)."""
+        full = tuple(slice(None) for _ in self.shape)
+        idx = tuple(idx or ()) + full[len(idx or ()):]
+        if self.transpose:
+            idx = idx[:-2] + (idx[-1], idx[-2])
+        c0, c1, _ = idx[-1].indices(self.gguf_shape[-1])
+        bs = GGML_QUANT_SIZES[self.qtype][0]
+        b0, b1 = c0 // bs, -(-c1 // bs)
+        raw = self.blocks[idx[:-1] + (slice(b0, b1),)]
+        rows = raw.reshape(-1, raw.shape[-2] * raw.shape[-1])
+        bf16 = self.qtype == GGMLQuantizationType.BF16
+        vals = np.empty((len(rows), c1 - c0), BF16 if bf16 else np.float32)
+        step = max(1, DENSE_CHUNK // ((b1 - b0) * bs))
+        for r in range(0, len(rows), step):
+            part = np.ascontiguousarray(rows[r:r + step])
+            got = part.view(BF16) if bf16 else dequantize_bytes(part, self.qtype)
+            vals[r:r + step] = got.reshape(len(part), -1)[:, c0 - b0 * bs:c1 - b0 * bs]
+        vals = vals.reshape(raw.shape[:-2] + (c1 - c0,))
+        return np.ascontiguousarray(np.swapaxes(vals, -1, -2)) if self.transpose else vals
+
 
 def open_gguf(out: Path | str) -> GGUFModel:
     return GGUFModel(out)
 
 
-def iter_params(out: Path | str | GGUFModel, table: TensorTable,
-                specs: list[TensorSpec] | None = None) -> Iterator[tuple[TensorSpec, np.ndarray, None]]:
-    """Yield ``(spec, array in JAX layout, None)`` for the specs of ``table`` (or ``specs``)
-    that the GGUF holds, in model order. ``out`` is the output folder or an open model."""
-    model = out if isinstance(out, GGUFModel) else GGUFModel(out)
+def _names(model: GGUFModel, table: TensorTable,
+           specs: list[TensorSpec] | None) -> Iterator[tuple[TensorSpec, str]]:
+    """``(spec, GGUF tensor name)`` for the specs the GGUF holds, in model order."""
     n_blocks = model.block_count
     if table.config.num_layers == n_blocks:
         to_block = {i: i for i in range(n_blocks)}
@@ -139,6 +211,29 @@ def iter_params(out: Path | str | GGUFModel, table: TensorTable,
         name = spec.slot.gguf.format(bid=bid) + ".weight"
         if name not in model.tensors:
             raise CheckpointError(model.paths[0], f"tensor {name} missing")
+        yield spec, name
+
+
+def tensor_types(model: GGUFModel, table: TensorTable) -> dict[int, GGMLQuantizationType]:
+    """The stored GGML type of each spec the GGUF holds, by spec index (header only)."""
+    return {spec.index: model.tensors[name].tensor_type for spec, name in _names(model, table, None)}
+
+
+def iter_stored(model: GGUFModel, table: TensorTable,
+                specs: list[TensorSpec] | None = None) -> Iterator[tuple[TensorSpec, StoredTensor, None]]:
+    """Yield ``(spec, stored tensor, None)`` for the specs the GGUF holds, in model order; a
+    tensor's pages leave the resident set once the consumer asks for the next one."""
+    for spec, name in _names(model, table, specs):
+        yield spec, model.stored(name, spec.slot.transpose), None
+        model.release(name)
+
+
+def iter_params(out: Path | str | GGUFModel, table: TensorTable,
+                specs: list[TensorSpec] | None = None) -> Iterator[tuple[TensorSpec, np.ndarray, None]]:
+    """Yield ``(spec, array in JAX layout, None)`` for the specs of ``table`` (or ``specs``)
+    that the GGUF holds, in model order. ``out`` is the output folder or an open model."""
+    model = out if isinstance(out, GGUFModel) else GGUFModel(out)
+    for spec, name in _names(model, table, specs):
         arr = model.array(name)
         if spec.slot.transpose:
             arr = np.ascontiguousarray(np.swapaxes(arr, -1, -2))

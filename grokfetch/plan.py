@@ -199,13 +199,13 @@ def smoke_plan(ckpt: Path | None, opts, *, preset: str | None) -> Plan:
     from grokfetch.smoke.run import DEFAULT_PROMPT
 
     notes = []
-    weight_kind, tokenizer, fmt = "int8", opts.tokenizer, "pickle"
+    forms_for, tokenizer, fmt = (lambda m: "int8"), opts.tokenizer, "pickle"
     if ckpt is not None:
         from grokfetch.smoke.load import open_source
 
         source = open_source(ckpt, preset)
         table, fmt = source.table, source.fmt
-        weight_kind = source.weight_kind()
+        forms_for = source.form_fn
         tokenizer = tokenizer or source.tokenizer
     else:
         table = TensorTable(load_config(None, preset))
@@ -225,7 +225,7 @@ def smoke_plan(ckpt: Path | None, opts, *, preset: str | None) -> Plan:
                      "upper bound)")
     cache_len = -(-(n_tokens + opts.max_new_tokens) // 8) * 8
     pf = meshlib.preflight(table, opts.gpus, opts.device_memory, layers=layers, tokens=cache_len,
-                           cache_len=cache_len, weight_kind=weight_kind, compute_dtype=opts.dtype)
+                           cache_len=cache_len, forms=forms_for(opts.gpus), compute_dtype=opts.dtype)
     if opts.device_memory is None:
         notes.append("no --device-memory: fit not judged (the run asks the devices)")
     notes.append("temporaries: the analytic bound; the run replaces it with XLA's own figure")
@@ -239,10 +239,10 @@ def smoke_plan(ckpt: Path | None, opts, *, preset: str | None) -> Plan:
     }
     if opts.device_memory is not None and not pf.fits:
         k = meshlib.fitting_layers(table, opts.gpus, opts.device_memory, tokens=cache_len,
-                                   cache_len=cache_len, weight_kind=weight_kind,
+                                   cache_len=cache_len, forms=forms_for(opts.gpus),
                                    compute_dtype=opts.dtype)
         more = meshlib.devices_that_fit(table, opts.gpus, opts.device_memory, layers=layers,
                                         tokens=cache_len, cache_len=cache_len,
-                                        weight_kind=weight_kind, compute_dtype=opts.dtype)
+                                        forms_for=forms_for, compute_dtype=opts.dtype)
         figures["fitting_layers"], figures["devices_that_fit"] = k, more
     return Plan("smoke", cfg.name, figures, notes)

@@ -96,7 +96,7 @@ def test_every_converted_format_gives_the_original_logits(tiny_ckpt, converted):
     """Each format through its own reader, on one shared engine per weight kind (2 devices)."""
     import jax
 
-    from grokfetch.smoke.engine import Engine
+    from grokfetch.smoke.engine import Engine, layer_signatures
     from grokfetch.smoke.load import load_params, open_source
     from grokfetch.smoke.mesh import make_mesh, setup_jax
     from grokfetch.smoke.run import agreement
@@ -104,13 +104,14 @@ def test_every_converted_format_gives_the_original_logits(tiny_ckpt, converted):
     setup_jax("cpu", 2)
     mesh = make_mesh(jax.devices()[:2])
     tokens = [5, 100, 200, 300, 17, 42, 99, 7]
-    engines: dict[str, Engine] = {}
+    engines: dict[tuple, Engine] = {}
 
     def logits(path, layers=None):
         src = open_source(path)
-        kind = src.weight_kind()
+        forms = layer_signatures(src.table, src.form_fn(2))
+        kind = tuple(forms)
         if kind not in engines:
-            engines[kind] = Engine(src.table, mesh, "bfloat16", kind, 8)
+            engines[kind] = Engine(src.table, mesh, "bfloat16", forms, 8)
             engines[kind].compile(("prefill",))
         eng = engines[kind]
         return src, eng.prefill_logits(load_params(src, eng, layers or src.config.num_layers), tokens)

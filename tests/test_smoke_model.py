@@ -289,7 +289,7 @@ def test_preflight_error_names_the_numbers(tmp_path):
     (tmp_path / "ckpt-0").mkdir()
     source = open_source(tmp_path, "grok-1")
     with pytest.raises(InsufficientMemoryError) as exc:
-        _plan(source, SmokeOptions(), 8, 64, 16, 16, "int8", 30 * 10**9)
+        _plan(source, SmokeOptions(), 8, 64, 16, 16, 30 * 10**9)
     assert "does not fit 8 device(s)" in str(exc.value) and "GiB" in str(exc.value)
     assert "--layers" in exc.value.hint
     assert exc.value.needed > exc.value.available

@@ -66,7 +66,10 @@ def _human(report, console) -> None:
     console.print(f"[bold]{r.config}[/bold] ({r.format}) on {r.devices} {r.platform} device(s), "
                   f"{r.layers} layers, {r.dtype}")
     pf = r.preflight
-    console.print(f"per device: weights {human_bytes(pf['weights'], binary=True)}, KV cache {human_bytes(pf['kv_cache'], binary=True)}, "
+    held = ", ".join(f"{k} {human_bytes(v, binary=True)}" for k, v in pf["held_as"].items())
+    console.print(f"per device: weights {human_bytes(pf['weights'], binary=True)}"
+                  + (f" (held as {held})" if held else "")
+                  + f", KV cache {human_bytes(pf['kv_cache'], binary=True)}, "
                   f"temporaries {human_bytes(pf['temporaries'], binary=True)}"
                   + (" (XLA)" if pf["measured_temporaries"] else " (estimate)")
                   + (f" of {human_bytes(pf['device_bytes'], binary=True)}" if pf["device_bytes"] else ""))

@@ -1,8 +1,9 @@
 """The sharded smoke engine: jitted embed / layer / head programs and greedy generation.
 
 One ``shard_map``'d decoder layer (two all-reduces over ``model``) is compiled per token count
-and called in a host loop over the layers ("perlayer" driver), with the layer's KV cache
-donated. The embedding and the output head are plain jitted functions on sharded arrays. Only
+and per distinct *layer signature* (the forms its tensors are placed in: a Q4_K_M GGUF has
+Q4_K and Q6_K expert layers, so two), and called in a host loop over the layers ("perlayer"
+driver), with the layer's KV cache donated. The embedding and the output head are plain jitted functions on sharded arrays. Only
 two token counts are ever compiled: the prefill bucket (the whole cache length; prompts are
 right-padded with the pad token, which is masked as a key) and single-token decode.
 """
@@ -21,32 +22,33 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from grokfetch.smoke import model
-from grokfetch.smoke.mesh import CACHE_AXES, MODEL, WEIGHT_AXES, scale_blocks_for
-from grokfetch.spec import LAYER_SLOTS, ModelConfig, TensorTable
+from grokfetch.smoke.mesh import CACHE_AXES, MODEL, FormFn, placed_axes, placed_struct, uniform_forms
+from grokfetch.spec import LAYER_SLOTS, ModelConfig, TensorSpec, TensorTable
 
 DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
+#: The forms of one layer's tensors, in ``LAYER_SLOTS`` order.
+Signature = tuple[str, ...]
 
 
-def weight_struct(table: TensorTable, slot: str, n: int, weight_kind: str, dtype: Any) -> dict:
-    """Global shape/dtype of a slot's ``{"w"[, "s"]}`` as it will be placed (layer 0's spec)."""
-    spec = table.get(slot, 0) if slot not in ("embed", "final_norm") else table.get(slot)
-    if not spec.quantized:
-        return {"w": (spec.shape, jnp.float32)}
-    if weight_kind == "dense":
-        return {"w": (spec.shape, dtype)}
-    sshape = list(spec.scales_shape)  # type: ignore[arg-type]
-    sshape[-2] = scale_blocks_for(spec, n)
-    return {"w": (spec.shape, jnp.int8), "s": (tuple(sshape), jnp.bfloat16)}
+def layer_signatures(table: TensorTable, forms: str | FormFn, layers: int | None = None) -> list[Signature]:
+    """Each layer's signature for ``layers`` layers (default: all of the table's)."""
+    form_of = uniform_forms(forms) if isinstance(forms, str) else forms
+    count = table.config.num_layers if layers is None else layers
+    return [tuple(form_of(table.get(slot.key, i)) for slot in LAYER_SLOTS) for i in range(count)]
 
 
 @dataclass
 class Engine:
-    """Compiled programs for one (config, mesh, dtype, weight kind, cache length)."""
+    """Compiled programs for one (config, mesh, dtype, per-layer forms, cache length).
+
+    ``forms``: one kind for every quantized tensor (``"int8"``/``"dense"``), or each layer's
+    :data:`Signature` (:func:`layer_signatures`); the engine runs that many layers at most.
+    """
 
     table: TensorTable
     mesh: Any
     dtype_name: str
-    weight_kind: str
+    forms: str | list[Signature]
     cache_len: int
     compiled: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
@@ -57,26 +59,42 @@ class Engine:
         self.dtype = DTYPES[self.dtype_name]
         self.n = self.mesh.devices.size
         self.cache_shape = (self.cache_len, self.cfg.num_kv_heads, self.cfg.key_size)
+        if isinstance(self.forms, str):
+            self.forms = layer_signatures(self.table, self.forms)
+        self.signatures: list[Signature] = list(dict.fromkeys(self.forms))
+
+    def form(self, spec: TensorSpec) -> str:
+        """The form ``spec`` is placed in on this engine's devices."""
+        if spec.layer is None or not spec.quantized:
+            return "dense"
+        return self.forms[spec.layer][[s.key for s in LAYER_SLOTS].index(spec.slot.key)]
+
+    def _layer_key(self, name: str, layer: int) -> str:
+        j = self.signatures.index(self.forms[layer])
+        return f"{name}/layer" + (f".{j}" if j else "")
 
     # -- shardings and abstract arguments ------------------------------------------------------
 
     def sharding(self, axes: tuple) -> NamedSharding:
         return NamedSharding(self.mesh, P(*axes))
 
-    def slot_sharding(self, slot: str) -> NamedSharding:
-        return self.sharding(WEIGHT_AXES[slot])
+    def slot_sharding(self, slot: str, form: str = "dense") -> NamedSharding:
+        return self.sharding(placed_axes(slot, form))
 
-    def abstract_layer(self) -> dict:
+    def _struct(self, spec: TensorSpec, form: str) -> dict[str, tuple]:
+        return {k: (shape, jnp.dtype(self.dtype if dt == "compute" else dt))
+                for k, (shape, dt) in placed_struct(spec, self.n, form, "compute").items()}
+
+    def abstract_layer(self, sig: Signature) -> dict:
         out = {}
-        for slot in LAYER_SLOTS:
-            sh = self.slot_sharding(slot.key)
-            st = weight_struct(self.table, slot.key, self.n, self.weight_kind, self.dtype)
-            out[slot.key] = {k: jax.ShapeDtypeStruct(shape, dt, sharding=sh)
-                             for k, (shape, dt) in st.items()}
+        for slot, form in zip(LAYER_SLOTS, sig, strict=True):
+            sh = self.slot_sharding(slot.key, form)
+            st = self._struct(self.table.get(slot.key, 0), form)
+            out[slot.key] = {k: jax.ShapeDtypeStruct(shape, dt, sharding=sh) for k, (shape, dt) in st.items()}
         return out
 
     def abstract_global(self, slot: str) -> jax.ShapeDtypeStruct:
-        (shape, dt), = weight_struct(self.table, slot, self.n, self.weight_kind, self.dtype).values()
+        (shape, dt), = self._struct(self.table.get(slot), "dense").values()
         return jax.ShapeDtypeStruct(shape, dt, sharding=self.slot_sharding(slot))
 
     def abstract_cache(self) -> jax.ShapeDtypeStruct:
@@ -84,11 +102,11 @@ class Engine:
 
     # -- programs --------------------------------------------------------------------------------
 
-    def _layer_fn(self):
+    def _layer_fn(self, sig: Signature):
         cfg, dtype = self.cfg, self.dtype
-        layer_specs = {slot.key: {k: P(*WEIGHT_AXES[slot.key]) for k in st}
-                       for slot in LAYER_SLOTS
-                       for st in [weight_struct(self.table, slot.key, self.n, self.weight_kind, dtype)]}
+        layer_specs = {slot.key: {k: P(*placed_axes(slot.key, form))
+                                  for k in self._struct(self.table.get(slot.key, 0), form)}
+                       for slot, form in zip(LAYER_SLOTS, sig, strict=True)}
         cache_spec = P(*CACHE_AXES)
         body = partial(model.layer, cfg=cfg, dtype=dtype, axis=MODEL)
         return jax.shard_map(body, mesh=self.mesh,
@@ -103,8 +121,9 @@ class Engine:
         emb = self.abstract_global("embed")
         norm = self.abstract_global("final_norm")
         cache = self.abstract_cache()
-        layer_jit = jax.jit(self._layer_fn(), donate_argnums=(2, 3),
-                            out_shardings=(rep, cache.sharding, cache.sharding))
+        layer_jits = [jax.jit(self._layer_fn(sig), donate_argnums=(2, 3),
+                              out_shardings=(rep, cache.sharding, cache.sharding))
+                      for sig in self.signatures]
         embed_jit = jax.jit(partial(model.embed, cfg=cfg, dtype=dtype), out_shardings=rep)
         head_jit = jax.jit(partial(model.unembed, cfg=cfg, dtype=dtype), out_shardings=rep)
         stats = {}
@@ -115,11 +134,10 @@ class Engine:
             h = jax.ShapeDtypeStruct((t, cfg.emb_size), dtype, sharding=rep)
             pos = jax.ShapeDtypeStruct((), jnp.int32, sharding=rep)
             key_ok = jax.ShapeDtypeStruct((self.cache_len,), jnp.bool_, sharding=rep)
-            progs = {
-                "embed": embed_jit.lower(emb, toks),
-                "layer": layer_jit.lower(h, self.abstract_layer(), cache, cache, pos, key_ok),
-                "head": head_jit.lower(h, norm, emb),
-            }
+            progs = {"embed": embed_jit.lower(emb, toks), "head": head_jit.lower(h, norm, emb)}
+            for j, (sig, layer_jit) in enumerate(zip(self.signatures, layer_jits, strict=True)):
+                progs["layer" + (f".{j}" if j else "")] = layer_jit.lower(
+                    h, self.abstract_layer(sig), cache, cache, pos, key_ok)
             for kind, lowered in progs.items():
                 exe = lowered.compile(model.XLA_OPTIONS)
                 self.compiled[f"{name}/{kind}"] = exe
@@ -151,10 +169,9 @@ class Engine:
         p = jax.device_put(np.int32(pos), rep)
         ok = jax.device_put(np.asarray(key_ok, bool), rep)
         h = self.compiled[f"{name}/embed"](params["embed"], toks)
-        layer = self.compiled[f"{name}/layer"]
         for i, lp in enumerate(params["layers"]):
             kc, vc = caches[i]
-            h, kc, vc = layer(h, lp, kc, vc, p, ok)
+            h, kc, vc = self.compiled[self._layer_key(name, i)](h, lp, kc, vc, p, ok)
             caches[i] = (kc, vc)
         return self.compiled[f"{name}/head"](h, params["final_norm"], params["embed"])
 

@@ -6,10 +6,16 @@ or ``*.safetensors``; ``ckpt-0/tensor*`` pickles; OCDBT/orbax markers such as ``
 JAX layout: the original pickles through :func:`~grokfetch.checkpoint.reader.open_checkpoint`
 (int8 + bf16 scales, memory-mapped), the converted formats through their readers, imported
 when used: ``grokfetch.convert.safetensors.iter_params`` / ``grokfetch.convert.jaxstore.iter_params``, and for GGUF
-``grokfetch.convert.gguf_read.open_gguf`` (parsed once; the same parse decides ``lossless``). A damaged
-file is one :class:`~grokfetch.errors.CheckpointError`. Placement copies only the slice each
-device owns (``jax.make_array_from_callback``), so no tensor sits on the host twice and the
-same code works when the mesh spans several processes.
+``grokfetch.convert.gguf_read.open_gguf`` (parsed once; the same parse decides ``lossless`` and
+each tensor's form). A damaged file is one :class:`~grokfetch.errors.CheckpointError`.
+
+Forms (:mod:`grokfetch.smoke.mesh`): the pickles and int8 exports stay int8 + scales on the
+devices; a GGUF's block types stay its stored bytes (:meth:`Source.form_fn`), so nothing is
+dequantized on the host; bf16/f32 exports are dense. Placement copies only the slice each
+device owns (``jax.make_array_from_callback``): a block tensor's bytes straight from the
+memory map, a dense GGUF slice dequantized from the blocks that cover it. So no tensor sits on
+the host twice, host memory stays within about one tensor's stored bytes, and the same code
+works when the mesh spans several processes.
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ from grokfetch.spec import TENSOR_DIR, ModelConfig, TensorSpec, TensorTable, loa
 if TYPE_CHECKING:
     from grokfetch.convert.gguf_read import GGUFModel
 
-Item = tuple[TensorSpec, np.ndarray, "np.ndarray | None"]
+#: ``(spec, weight, scales)``: the weight is an array, or for GGUF a ``StoredTensor``.
+Item = tuple[TensorSpec, Any, "np.ndarray | None"]
 Iter = Callable[[list[TensorSpec]], Iterator[Item]]
 FORMATS = ("pickle", "gguf", "safetensors", "jaxstore")
 JAXSTORE_MARKERS = ("_METADATA", "manifest.ocdbt", "_CHECKPOINT_METADATA", "_sharding")
@@ -101,6 +108,7 @@ class Source:
     lossless: bool
     _iter: Iter = field(repr=False)
     _peeked: dict[int, Item] = field(default_factory=dict, repr=False)
+    gguf_types: dict[int, Any] | None = field(default=None, repr=False)
 
     def items(self, specs: list[TensorSpec]) -> Iterator[Item]:
         """``(spec, weight, scales)`` for the given specs (any order the format stores them)."""
@@ -142,9 +150,10 @@ class Source:
                                   hint="download or verify the checkpoint first")
 
     def weight_kind(self) -> str:
-        """``"int8"`` when the quantized slots come as int8 + scales, else ``"dense"``."""
-        if self.fmt in ("pickle",):
-            return "int8"
+        """``"int8"`` when the quantized slots come as int8 + scales, else ``"dense"`` (GGUF:
+        ``"gguf"``, whose forms are per tensor, see :meth:`form_fn`)."""
+        if self.fmt in ("pickle", "gguf"):
+            return "int8" if self.fmt == "pickle" else "gguf"
         spec = self.table.get("attn_k", 0)
         item = next(iter(self._iter([spec])), None)
         if item is None:
@@ -153,6 +162,15 @@ class Source:
         if item[2] is None and item[1].dtype == np.float16:
             self.lossless = False
         return "int8" if item[2] is not None else "dense"
+
+    def form_fn(self, n: int) -> Callable[[TensorSpec], str]:
+        """The form each tensor is placed in on ``n`` devices (``grokfetch.smoke.mesh``)."""
+        from grokfetch.smoke.mesh import gguf_form, uniform_forms
+
+        if self.gguf_types is None:
+            return uniform_forms(self.weight_kind())
+        types = self.gguf_types
+        return lambda spec: gguf_form(spec, types[spec.index], n) if spec.index in types else "dense"
 
 
 def _pickle_iter(root: Path, config: ModelConfig) -> Iter:
@@ -193,10 +211,10 @@ def _subset_iter(fmt: str, fn: Callable[[Path, TensorTable], Iterator[Item]], ro
 
 
 def _gguf_iter(model: GGUFModel, table: TensorTable) -> Iter:
-    """The tensors of an already-parsed GGUF (the file is not parsed again)."""
-    from grokfetch.convert.gguf_read import iter_params
+    """The stored tensors of an already-parsed GGUF (the file is not parsed again)."""
+    from grokfetch.convert.gguf_read import iter_stored
 
-    return lambda specs: iter_params(model, table, specs)
+    return lambda specs: iter_stored(model, table, specs)
 
 
 def _gguf_lossless(model: GGUFModel) -> bool:
@@ -215,14 +233,16 @@ def open_source(path: Path | str, preset: str | None = None) -> Source:
     tok = next((p for p in (root / TOKENIZER_FILENAME, root.parent / TOKENIZER_FILENAME,
                             root / TENSOR_DIR / TOKENIZER_FILENAME) if p.is_file()), None)
     lossless = True
+    types = None
     if fmt == "pickle":
         it = _pickle_iter(root, config)
     elif fmt == "gguf":
-        from grokfetch.convert.gguf_read import open_gguf
+        from grokfetch.convert.gguf_read import open_gguf, tensor_types
 
         model = open_gguf(Path(path) if Path(path).is_file() else root)
         it = _gguf_iter(model, table)
         lossless = _gguf_lossless(model)
+        types = tensor_types(model, table)
     elif fmt == "safetensors":
         from safetensors import SafetensorError
 
@@ -234,22 +254,47 @@ def open_source(path: Path | str, preset: str | None = None) -> Source:
 
         # tensorstore reports a damaged store as ValueError (e.g. OUT_OF_RANGE, DATA_LOSS).
         it = _subset_iter(fmt, jax_iter, root, table, (ValueError,))
-    return Source(fmt, root, config, table, tok, lossless, it)
+    return Source(fmt, root, config, table, tok, lossless, it, gguf_types=types)
 
 
 # --- placement ----------------------------------------------------------------------------------
 
 
-def place(arr: np.ndarray, sharding: Any):
-    """A global ``jax.Array`` from a host array; each device copies only its own slice."""
+def place(arr: Any, sharding: Any):
+    """A global ``jax.Array`` from a host array (or anything with ``shape`` and ``[idx]``, such
+    as :class:`DenseSlices`); each device copies only its own slice."""
     import jax
 
-    return jax.make_array_from_callback(arr.shape, sharding, lambda idx: np.array(arr[idx]))
+    return jax.make_array_from_callback(arr.shape, sharding, lambda idx: _owned(arr[idx]))
 
 
-def prepare(spec: TensorSpec, weight: np.ndarray, scales: np.ndarray | None, n: int,
-            weight_kind: str, dtype: Any) -> dict[str, np.ndarray]:
-    """Check a tensor against its spec and bring it into the placed form ``{"w"[, "s"]}``."""
+def _owned(x: np.ndarray) -> np.ndarray:
+    """``x`` when it owns its memory (a freshly dequantized slice), else a copy of it (a view
+    into a memory map or a whole tensor, which the device must not keep alive)."""
+    if type(x) is np.ndarray and x.flags.owndata:
+        return x
+    return np.array(x)
+
+
+@dataclass(frozen=True)
+class DenseSlices:
+    """A stored GGUF tensor seen as a dense array: indexing dequantizes just that slice."""
+
+    stored: Any
+    dtype: Any
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.stored.shape
+
+    def __getitem__(self, idx: tuple[slice, ...]) -> np.ndarray:
+        return self.stored.dense(idx).astype(self.dtype, copy=False)
+
+
+def prepare(spec: TensorSpec, weight: Any, scales: np.ndarray | None, n: int,
+            form: str, dtype: Any) -> dict[str, Any]:
+    """Check a tensor against its spec and bring it into its placed form: ``{"w"[, "s"]}``
+    arrays, or ``{TYPE: blocks}`` for a GGML block type (see ``grokfetch.smoke.mesh``)."""
     import ml_dtypes
 
     from grokfetch.smoke.mesh import scale_blocks_for
@@ -257,14 +302,24 @@ def prepare(spec: TensorSpec, weight: np.ndarray, scales: np.ndarray | None, n: 
     if tuple(weight.shape) != spec.shape:
         raise CheckpointError(spec.path, "wrong shape", expected=list(spec.shape),
                               actual=list(weight.shape))
+    stored = weight if hasattr(weight, "qtype") else None
+    if stored is not None:
+        if form not in ("int8", "dense") and spec.quantized:
+            if stored.qtype.name != form:
+                raise CheckpointError(spec.path, f"stored as {stored.qtype.name}, expected {form}")
+            return {form: stored.blocks}
+        if form == "int8":
+            raise CheckpointError(spec.path, "expected int8 weights with scales",
+                                  actual=f"GGUF {stored.qtype.name}")
+        return {"w": DenseSlices(stored, np.dtype(dtype) if spec.quantized else np.float32)}
     if not spec.quantized:
         return {"w": np.asarray(weight, np.float32) if weight.dtype != np.float32 else weight}
-    if weight_kind == "dense":
+    if form == "dense":
         if scales is not None:
             raise CheckpointError(spec.path, "mixed int8 and dense weights in one checkpoint")
         return {"w": np.asarray(weight).astype(np.dtype(dtype), copy=False)}
-    if scales is None or weight.dtype != np.int8:
-        raise CheckpointError(spec.path, "expected int8 weights with scales",
+    if scales is None or weight.dtype != np.int8 or form != "int8":
+        raise CheckpointError(spec.path, f"expected {form} weights",
                               actual=f"{weight.dtype}, scales {'none' if scales is None else 'present'}")
     if tuple(scales.shape) != spec.scales_shape:
         raise CheckpointError(spec.path, "wrong scales shape", expected=list(spec.scales_shape or ()),
@@ -278,8 +333,9 @@ def prepare(spec: TensorSpec, weight: np.ndarray, scales: np.ndarray | None, n: 
 
 
 def load_params(source: Source, engine: Any, layers: int, progress: Any = None) -> dict:
-    """Place the globals and layers ``0..layers-1`` on the engine's mesh, by table lookup
-    (``table.get(slot, layer)``; the files' lexicographic order never leaks into the model)."""
+    """Place the globals and layers ``0..layers-1`` on the engine's mesh, each tensor in the
+    engine's form for it, by table lookup (``table.get(slot, layer)``; the files'
+    lexicographic order never leaks into the model)."""
     import jax.numpy as jnp
 
     table, n = source.table, engine.n
@@ -290,8 +346,9 @@ def load_params(source: Source, engine: Any, layers: int, progress: Any = None) 
         progress.task("load", total, f"loading {len(specs)} tensors ({source.fmt})")
     dtype = jnp.dtype(engine.dtype)
     for spec, weight, scales in source.items(specs):
-        parts = prepare(spec, weight, scales, n, engine.weight_kind, dtype)
-        sharding = engine.slot_sharding(spec.slot.key)
+        form = engine.form(spec)
+        parts = prepare(spec, weight, scales, n, form, dtype)
+        sharding = engine.slot_sharding(spec.slot.key, form)
         placed = {k: place(v, sharding) for k, v in parts.items()}
         if spec.layer is None:
             params[spec.slot.key] = placed["w"]

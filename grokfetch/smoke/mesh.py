@@ -5,6 +5,12 @@ of size 1 left out of the weights: q/k/v column-parallel, the attention output a
 down projection row-parallel (their row-block scales split with their rows), gate/up split
 along the FFN columns for every expert, the embedding split along ``emb_size``, norms and
 routers replicated; the KV cache splits its kv heads. Weights and scales share a spec.
+
+A tensor's *form* says how it sits on the devices: ``"int8"`` (int8 + bf16 scales), ``"dense"``
+(an array in the compute dtype; f32 for the embedding, norms and routers) or a GGML block type
+name such as ``"Q4_K"`` (the GGUF's stored bytes, ``(..., rows, blocks, type_size)`` uint8 in
+the GGUF layout, split like the weight they encode). :func:`placed_struct` gives each form's
+arrays; the engine's abstract arguments and the preflight's bytes both come from it.
 """
 
 from __future__ import annotations
@@ -12,7 +18,8 @@ from __future__ import annotations
 import math
 import os
 import sys
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from grokfetch.errors import GrokfetchError, UsageError
@@ -41,11 +48,60 @@ WEIGHT_AXES: dict[str, tuple[str | None, ...]] = {
 CACHE_AXES = (None, MODEL, None)  # (S, kv_heads, key_size)
 
 
-def pspec(slot: str):
-    """The ``PartitionSpec`` of a slot's weight and scales."""
+#: Forms that are not a GGML block type.
+ARRAY_FORMS = ("int8", "dense")
+FormFn = Callable[[TensorSpec], str]
+
+
+def placed_axes(slot: str, form: str) -> tuple[str | None, ...]:
+    """Mesh axis per dimension of a slot's placed arrays. Block forms are in the GGUF layout
+    ``(..., out, blocks, bytes)``: the JAX ``(..., in, out)`` split moves with the axes."""
+    axes = WEIGHT_AXES[slot]
+    if form in ARRAY_FORMS:
+        return axes
+    return axes[:-2] + (axes[-1], axes[-2], None)
+
+
+def pspec(slot: str, form: str = "int8"):
+    """The ``PartitionSpec`` of a slot's weight and scales (or stored blocks)."""
     from jax.sharding import PartitionSpec as P
 
-    return P(*WEIGHT_AXES[slot])
+    return P(*placed_axes(slot, form))
+
+
+def placed_struct(spec: TensorSpec, n: int, form: str,
+                  compute_dtype: str) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Global ``{leaf: (shape, dtype name)}`` of a tensor placed in ``form`` on ``n`` devices.
+
+    ``{"w"}`` dense (f32 for unquantized slots), ``{"w", "s"}`` int8 + bf16 scales (row-block
+    scales re-blocked for ``n``), ``{TYPE: uint8 blocks}`` for a GGML block type.
+    """
+    if not spec.quantized:
+        return {"w": (spec.shape, "float32")}
+    if form == "dense":
+        return {"w": (spec.shape, compute_dtype)}
+    if form == "int8":
+        assert spec.scales_shape is not None
+        sshape = list(spec.scales_shape)
+        sshape[-2] = scale_blocks_for(spec, n)
+        return {"w": (spec.shape, "int8"), "s": (tuple(sshape), "bfloat16")}
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    bs, ts = GGML_QUANT_SIZES[GGMLQuantizationType[form]]
+    g = spec.gguf_shape
+    return {form: (g[:-1] + (g[-1] // bs, ts), "uint8")}
+
+
+def gguf_form(spec: TensorSpec, qtype: Any, n: int) -> str:
+    """How a GGUF tensor of GGML type ``qtype`` is placed on ``n`` devices: its block type when
+    each device's share holds whole blocks, else ``"dense"`` (float types are always dense)."""
+    from grokfetch.smoke.ggml import BLOCK_TYPES
+
+    if not spec.quantized or qtype not in BLOCK_TYPES:
+        return "dense"
+    blocks_axis = placed_axes(spec.slot.key, qtype.name)[-2]
+    (shape, _), = placed_struct(spec, n, qtype.name, "int8").values()
+    return qtype.name if blocks_axis is None or shape[-2] % n == 0 else "dense"
 
 
 def _split_dims(cfg: ModelConfig) -> dict[str, int]:
@@ -154,29 +210,23 @@ def make_mesh(devices):
 
 
 DTYPE_BYTES = {"int8": 1, "bfloat16": 2, "float32": 4}
+_PLACED_BYTES = {**DTYPE_BYTES, "uint8": 1}
 
 
 def _bytes_of(dtype: str) -> int:
     return DTYPE_BYTES[dtype]
 
 
-def shard_bytes(spec: TensorSpec, n: int, weight_kind: str, compute_dtype: str) -> int:
-    """Bytes one device holds of ``spec`` once placed (weight plus scales).
+def shard_bytes(spec: TensorSpec, n: int, form: str, compute_dtype: str) -> int:
+    """Bytes one device holds of ``spec`` once placed in ``form`` (see :func:`placed_struct`)."""
+    div = n ** sum(a is not None for a in placed_axes(spec.slot.key, form))
+    return sum(math.prod(shape) * _PLACED_BYTES[dt] // div
+               for shape, dt in placed_struct(spec, n, form, compute_dtype).values())
 
-    ``weight_kind`` is ``"int8"`` (int8 + bf16 scales on device) or ``"dense"`` (the quantized
-    slots arrive as floats and are placed in the compute dtype). Embedding, norms and routers
-    are placed as f32.
-    """
-    axes = WEIGHT_AXES[spec.slot.key]
-    div = n ** sum(a is not None for a in axes)
-    if not spec.quantized:
-        return math.prod(spec.shape) * 4 // div
-    if weight_kind == "dense":
-        return math.prod(spec.shape) * _bytes_of(compute_dtype) // div
-    assert spec.scales_shape is not None
-    sshape = list(spec.scales_shape)
-    sshape[-2] = scale_blocks_for(spec, n)
-    return math.prod(spec.shape) // div + math.prod(sshape) * 2 // div
+
+def uniform_forms(kind: str) -> FormFn:
+    """Every quantized tensor in one form (``"int8"`` or ``"dense"``), the others dense."""
+    return lambda spec: kind if spec.quantized else "dense"
 
 
 @dataclass
@@ -191,6 +241,8 @@ class Preflight:
     device_bytes: int | None
     measured_temporaries: bool = False
     margin: float = 0.08
+    #: Weight bytes per device by form (``int8``, ``dense``, ``Q4_K``, ...): what is held how.
+    held_as: dict[str, int] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -205,18 +257,21 @@ class Preflight:
 
 
 def estimate_temporaries(cfg: ModelConfig, n: int, tokens: int, cache_len: int,
-                         compute_dtype: str) -> int:
+                         compute_dtype: str, blocks: bool = False, dense_experts: bool = False) -> int:
     """A generous analytic bound on the largest live temporaries of one program (per device).
 
     The layer program materialises one expert's three dequantized matrices (scan over experts;
-    a backend may also widen them to f32 for the matmul), the FFN activations and the attention
-    probabilities, and the MoE's f32 stack of per-expert outputs ``(E, T, D)`` with its
-    all-reduced copy; the output head casts (and may transpose) the embedding shard and returns
-    replicated f32 logits.
+    a backend may also widen them to f32 for the matmul; GGML ``blocks`` add one matrix's f32
+    values; with ``dense_experts`` XLA's CPU backend widens the whole expert stack to f32 before
+    the loop), the FFN activations and the attention probabilities,
+    and the MoE's f32 stack of per-expert outputs ``(E, T, D)`` with its all-reduced copy; the
+    output head casts (and may transpose) the embedding shard and returns replicated f32 logits.
     """
     b = _bytes_of(compute_dtype)
     d, f, v = cfg.emb_size, cfg.ffn_size // n, cfg.vocab_size
-    expert = 3 * d * f * (b + 4)
+    expert = 3 * d * f * (b + 4) + (d * f * (4 + b) if blocks else 0)
+    if dense_experts:
+        expert += cfg.num_experts * 3 * d * f * 4
     ffn_act = tokens * f * (3 * b + 4) + 2 * tokens * d * 4 + 2 * cfg.num_experts * tokens * d * 4
     attn_w = (2 * d * cfg.q_size + 2 * d * cfg.kv_size) * (b + 4) // n
     probs = (cfg.num_q_heads // n) * tokens * cache_len * 4 * 3
@@ -226,17 +281,26 @@ def estimate_temporaries(cfg: ModelConfig, n: int, tokens: int, cache_len: int,
 
 
 def preflight(table: TensorTable, n: int, device_bytes: int | None, *, layers: int,
-              tokens: int, cache_len: int, weight_kind: str = "int8",
+              tokens: int, cache_len: int, forms: str | FormFn = "int8",
               compute_dtype: str = "bfloat16", temporaries: int | None = None) -> Preflight:
-    """Bytes per device for weights (the first ``layers`` layers plus globals), KV cache and
-    temporaries (``temporaries`` when measured by XLA, else :func:`estimate_temporaries`)."""
+    """Bytes per device for weights (the first ``layers`` layers plus globals, each tensor in
+    its form: ``forms(spec)``, or one kind for all quantized tensors), KV cache and temporaries
+    (``temporaries`` when measured by XLA, else :func:`estimate_temporaries`)."""
     cfg = table.config
-    specs = table.select(range(layers))
-    weights = sum(shard_bytes(s, n, weight_kind, compute_dtype) for s in specs)
+    form_of = uniform_forms(forms) if isinstance(forms, str) else forms
+    held: dict[str, int] = {}
+    dense_experts = False
+    for s in table.select(range(layers)):
+        form = form_of(s)
+        held[form] = held.get(form, 0) + shard_bytes(s, n, form, compute_dtype)
+        dense_experts |= s.per_expert and form == "dense"
     kv = layers * 2 * cache_len * (cfg.num_kv_heads // n) * cfg.key_size * _bytes_of(compute_dtype)
     measured = temporaries is not None
-    temps = temporaries if measured else estimate_temporaries(cfg, n, tokens, cache_len, compute_dtype)
-    return Preflight(n, layers, weights, kv, int(temps), device_bytes, measured)
+    blocks = any(f not in ARRAY_FORMS for f in held)
+    temps = temporaries if measured else estimate_temporaries(cfg, n, tokens, cache_len,
+                                                              compute_dtype, blocks, dense_experts)
+    return Preflight(n, layers, sum(held.values()), kv, int(temps), device_bytes, measured,
+                     held_as=held)
 
 
 def fitting_layers(table: TensorTable, n: int, device_bytes: int, **kw: Any) -> int:
@@ -251,11 +315,13 @@ def fitting_layers(table: TensorTable, n: int, device_bytes: int, **kw: Any) -> 
 
 
 def devices_that_fit(table: TensorTable, n: int, device_bytes: int, *, layers: int,
+                     forms_for: Callable[[int], str | FormFn] = lambda m: "int8",
                      **kw: Any) -> int | None:
     """The smallest mesh larger than ``n`` that :func:`check_devices` accepts and that holds
-    ``layers`` layers in ``device_bytes`` per device (None if none up to 64)."""
+    ``layers`` layers in ``device_bytes`` per device (None if none up to 64); ``forms_for(m)``
+    gives the tensors' forms on ``m`` devices (a GGUF's block types depend on the split)."""
     return next((m for m in device_counts(table.config) if m > n and preflight(
-        table, m, device_bytes, layers=layers, **kw).fits), None)
+        table, m, device_bytes, layers=layers, forms=forms_for(m), **kw).fits), None)
 
 
 def device_memory(devices, platform: str) -> int | None:

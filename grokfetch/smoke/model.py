@@ -19,7 +19,8 @@ tensor-parallel partial sums are added in f32 before rounding, and the logits ar
 f32, multiplied by the exact ``output_multiplier_scale`` (the reference rounds ``z·Eᵀ`` to bf16
 and multiplies in bf16).
 
-A weight is a dict ``{"w": array}`` (dense) or ``{"w": int8, "s": bf16 scales}`` (quantized).
+A weight is a dict ``{"w": array}`` (dense), ``{"w": int8, "s": bf16 scales}`` (quantized) or
+``{"Q4_K": uint8 blocks}`` (a GGUF tensor as stored, see :mod:`grokfetch.smoke.ggml`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from grokfetch.smoke import ggml
 from grokfetch.spec import ModelConfig
 
 F32 = jnp.float32
@@ -48,8 +50,14 @@ def dequant(wd: dict, dtype: Any) -> jax.Array:
 
     Scales are ``(..., B, out)``: ``B == 1`` is one scale per output channel; ``B > 1`` is the
     row-block layout, where the local rows split into ``B`` equal blocks (the shard carries the
-    scale blocks of its own rows, so this holds for any N that divides the blocks).
+    scale blocks of its own rows, so this holds for any N that divides the blocks). GGML blocks
+    (GGUF layout, whole rows and blocks per shard) give gguf-py's f32 values cast to ``dtype``,
+    as a dense GGUF read on the host would, seen as ``(in, out)``.
     """
+    if "w" not in wd:
+        (qtype, blocks), = wd.items()
+        # (out, in) as stored; the matmul reads it transposed (no transposed copy is made).
+        return jnp.swapaxes(lax.optimization_barrier(ggml.dequantize(blocks, qtype).astype(dtype)), -1, -2)
     w = wd["w"]
     if "s" not in wd:
         out = w.astype(dtype)

@@ -226,17 +226,20 @@ def _prompt_tokens(opts: SmokeOptions, source: Source) -> tuple[list[int], Token
 
 
 def _plan(source: Source, opts: SmokeOptions, n: int, layers: int, tokens: int, cache_len: int,
-          weight_kind: str, device_bytes: int | None, temporaries: int | None = None):
-    plan = meshlib.preflight(source.table, n, device_bytes, layers=layers, tokens=tokens,
-                             cache_len=cache_len, weight_kind=weight_kind,
-                             compute_dtype=opts.dtype, temporaries=temporaries)
+          device_bytes: int | None, temporaries: int | None = None):
+    def plan_for(m: int, k: int, temps: int | None = None):
+        return meshlib.preflight(source.table, m, device_bytes, layers=k, tokens=tokens,
+                                 cache_len=cache_len, forms=source.form_fn(m),
+                                 compute_dtype=opts.dtype, temporaries=temps)
+
+    plan = plan_for(n, layers, temporaries)
     if plan.fits:
         return plan
     assert device_bytes is not None
     k = meshlib.fitting_layers(source.table, n, device_bytes, tokens=tokens, cache_len=cache_len,
-                               weight_kind=weight_kind, compute_dtype=opts.dtype)
+                               forms=source.form_fn(n), compute_dtype=opts.dtype)
     more = meshlib.devices_that_fit(source.table, n, device_bytes, layers=layers, tokens=tokens,
-                                    cache_len=cache_len, weight_kind=weight_kind,
+                                    cache_len=cache_len, forms_for=source.form_fn,
                                     compute_dtype=opts.dtype)
     hints = []
     if k:
@@ -256,9 +259,9 @@ def _run_one(source: Source, opts: SmokeOptions, devices, layers: int, ids: list
     """Preflight, compile, load; generate twice (or, with ``seq``, only teacher-force it).
 
     ``engine`` reuses the programs of an earlier run when they fit this source (same shapes,
-    same weight kind): a comparison then costs a load and one prefill.
+    every layer's tensors in the same forms): a comparison then costs a load and one prefill.
     """
-    from grokfetch.smoke.engine import Engine
+    from grokfetch.smoke.engine import Engine, layer_signatures
 
     n = len(devices)
     cfg = source.config
@@ -268,19 +271,19 @@ def _run_one(source: Source, opts: SmokeOptions, devices, layers: int, ids: list
     if cache_len > cfg.sequence_len:
         raise UsageError(f"{length} tokens exceed the model's sequence length {cfg.sequence_len}")
     device_bytes = opts.device_memory or meshlib.device_memory(devices, opts.platform)
-    kind_hint = "int8" if source.fmt == "pickle" else None
-    if kind_hint is not None:  # the shapes-only plan, before a single file is opened
-        _plan(source, opts, n, layers, cache_len, cache_len, kind_hint, device_bytes)
+    if source.fmt == "pickle":  # the shapes-only plan, before a single file is opened
+        _plan(source, opts, n, layers, cache_len, cache_len, device_bytes)
     source.check_files(source.table.select(range(layers)))
-    weight_kind = source.weight_kind()
-    if engine is not None and engine.weight_kind == weight_kind:
+    forms = layer_signatures(source.table, source.form_fn(n), layers)
+    reuse = engine is not None and engine.forms[:layers] == forms
+    if reuse:
         cache_len = engine.cache_len
-    _plan(source, opts, n, layers, cache_len, cache_len, weight_kind, device_bytes)
-    if engine is None or engine.weight_kind != weight_kind:
-        engine = Engine(source.table, meshlib.make_mesh(devices), opts.dtype, weight_kind, cache_len)
+    _plan(source, opts, n, layers, cache_len, cache_len, device_bytes)
+    if not reuse:
+        engine = Engine(source.table, meshlib.make_mesh(devices), opts.dtype, forms, cache_len)
         progress.event("status", text=f"compiling for {n} device(s)")
         engine.stats = engine.compile(("prefill",) if seq is not None else ("prefill", "decode"))
-    plan = _plan(source, opts, n, layers, cache_len, cache_len, weight_kind, device_bytes,
+    plan = _plan(source, opts, n, layers, cache_len, cache_len, device_bytes,
                  engine.temporaries(engine.stats))
     t0 = time.perf_counter()
     params = load_params(source, engine, layers, progress)
