@@ -13,6 +13,7 @@ speed measurements: the old scanner needed minutes or gigabytes).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -153,7 +154,8 @@ def _judge(command: str, code: int, out: str, err: str, planted: Planted) -> str
         return f"exit {code}"
     if "Traceback" in out + err:
         return "traceback"
-    lines = err.strip().splitlines()
+    # progress lines (timestamped, when stderr is not a terminal) may come before the error
+    lines = [line for line in err.strip().splitlines() if not re.match(r"\d\d:\d\d:\d\d ", line)]
     errors = [line for line in lines if line.startswith("error:")]
     if command == "inspect" and not lines:
         pass  # a report: the bad file's row says what is wrong
