@@ -9,23 +9,11 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 import pytest
+from outputs import error_line
 
 from grokfetch.checkpoint.pickle_format import scan
 from grokfetch.checkpoint.reader import open_checkpoint
 from grokfetch.torrent.create import create_torrent
-
-
-def error_line(err: str) -> str:
-    """The one ``error:`` line (progress lines may precede it when stderr is not a terminal)."""
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    return lines[0]
-
-
-
-def _tree(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture

@@ -9,30 +9,16 @@ import signal
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 from grokfetch.convert.base import ConvertOptions
 from grokfetch.convert.run import convert
+from outputs import error_line, tree
 
 from grokfetch.errors import FolderBusyError
 from grokfetch.fsutil import LOCK_NAME, folder_lock, write_atomic
 from grokfetch.integrity.manifest import MANIFEST_NAME
 from grokfetch.progress import NullProgress
-
-
-def error_line(err: str) -> str:
-    """The one ``error:`` line (progress lines may precede it when stderr is not a terminal)."""
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    return lines[0]
-
-
-
-def _tree(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes()
-            for p in sorted(root.rglob("*")) if p.is_file()}
-
 
 # --- no-follow partials -------------------------------------------------------------------------
 
@@ -71,8 +57,8 @@ def test_convert_never_writes_through_planted_symlinks(tiny_ckpt, tmp_path, run_
     for i, victim in enumerate(victims):
         assert victim.read_bytes() == b"precious %d" % i
     assert (tmp_path / "victim-dir").is_dir()
-    got = {k: v for k, v in _tree(out).items() if not k.endswith(".partial")}
-    want = _tree(clean)
+    got = {k: v for k, v in tree(out).items() if not k.endswith(".partial")}
+    want = tree(clean)
     assert got == want
 
 
@@ -175,7 +161,7 @@ def test_two_converts_into_one_folder(tiny_ckpt, tmp_path, run_cli):
         pause.release.set()
         t.join(120)
     assert "error" not in result, result.get("error")
-    assert _tree(out) == _tree(lone)
+    assert tree(out) == tree(lone)
     assert (out / MANIFEST_NAME).is_file() and not (out / LOCK_NAME).exists()
 
 
@@ -186,12 +172,12 @@ def test_two_converts_into_one_folder(tiny_ckpt, tmp_path, run_cli):
 def test_convert_refuses_output_overlapping_input(tiny_ckpt, tmp_path, run_cli, where):
     ck = tmp_path / "dl" / "ck"
     shutil.copytree(tiny_ckpt, ck)
-    before = _tree(tmp_path / "dl")
+    before = tree(tmp_path / "dl")
     out = {"root": ck, "ckpt-0": ck / "ckpt-0", "inside-ckpt-0": ck / "ckpt-0" / "gguf",
            "parent": tmp_path / "dl"}[where]
     code, _, err = run_cli(["convert", ck, "--to", "gguf", "--out", out, "--force"])
     assert code == 2 and error_line(err).startswith("error: --out ") and "overlaps the input" in err
-    assert _tree(tmp_path / "dl") == before
+    assert tree(tmp_path / "dl") == before
     assert not (ck / "ckpt-0" / "gguf").exists()
 
 
@@ -232,7 +218,7 @@ def test_disk_full_mid_conversion_is_one_line_and_resumes(tiny_ckpt, tmp_path, t
     ballast.unlink()
     code, _, err = run_cli(["convert", tiny_ckpt, "--to", target, "--out", out])
     assert code == 0, err
-    got, want = _tree(out), _tree(lone)
+    got, want = tree(out), tree(lone)
     assert got == want
     code, _, err = run_cli(["verify", out])
     assert code == 0, err
