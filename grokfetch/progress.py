@@ -105,6 +105,7 @@ class LineProgress(NullProgress):
         if self.top not in (None, key):
             return
         self.top, self.description, self.total, self.completed = key, description, total, 0
+        self.status = ""  # a status belongs to the task it was reported under
         self.started = self.last_t = self.clock()
         self.last_completed = 0
         self.write(f"{description}: started" + (f", {human_bytes(total)}" if total else ""))
@@ -140,7 +141,7 @@ class LineProgress(NullProgress):
         elapsed = self.clock() - self.started
         self.write(self._line(f"{self.description}: done", self.completed / elapsed
                               if elapsed > 0 else None))
-        self.top = None
+        self.top, self.status = None, ""
 
     def event(self, kind: str, **data: Any) -> None:
         if kind == "warning":
