@@ -7,7 +7,6 @@ with the writer in ``grokfetch.convert.jaxstore``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from grokfetch.errors import CheckpointError
+from grokfetch.formats import read_metadata
 from grokfetch.spec import TensorSpec, TensorTable
 
 ROOT_KEY = "params"
@@ -65,10 +65,8 @@ def iter_params(out: Path, table: TensorTable
 def tree_names(out: Path) -> list[str]:
     """Every array name (dotted tree key) in the output's orbax ``_METADATA``."""
     path = Path(out) / "_METADATA"
+    doc: Any = read_metadata(path, "JAX")
     try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(path, "not a grokfetch JAX output (no _METADATA)") from None
-    except ValueError as exc:
-        raise CheckpointError(path, f"unreadable: {exc}") from None
-    return [".".join(k["key"] for k in v["key_metadata"]) for v in doc["tree_metadata"].values()]
+        return [".".join(k["key"] for k in v["key_metadata"]) for v in doc["tree_metadata"].values()]
+    except (TypeError, KeyError, AttributeError):
+        raise CheckpointError(path, "bad _METADATA: no tree_metadata of key paths") from None

@@ -8,7 +8,6 @@ test and the tests.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from grokfetch.errors import CheckpointError, UnsafePathError
+from grokfetch.formats import read_metadata
 from grokfetch.fsutil import safe_join
 from grokfetch.spec import TensorSpec, TensorTable
 
@@ -35,12 +35,7 @@ def read_index(out: Path) -> dict[str, Any]:
     """The parsed ``model.safetensors.index.json`` of an output, checked: a ``weight_map`` of
     tensor names to shard files inside ``out`` (anything else is a :class:`CheckpointError`)."""
     path = Path(out) / INDEX_NAME
-    try:
-        index = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(path, "not a grokfetch safetensors output (no index)") from None
-    except ValueError as exc:
-        raise CheckpointError(path, f"unreadable index: {exc}") from None
+    index = read_metadata(path, "safetensors")
     wm = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(wm, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                            for k, v in wm.items()):
