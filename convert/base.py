@@ -267,6 +267,12 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+#: The built-in ``--to`` targets and the module that registers each (imported on first use).
+TARGET_MODULES = {"gguf": "grokfetch.convert.gguf", "safetensors": "grokfetch.convert.safetensors",
+                  "jax": "grokfetch.convert.jaxstore"}
+TARGETS = tuple(TARGET_MODULES)
+
+
 def get_target(name: str) -> type[Target]:
     """The registered target class (imports the built-in target modules on first use)."""
     _load_builtin_targets()
@@ -280,12 +286,8 @@ def get_target(name: str) -> type[Target]:
 def _load_builtin_targets() -> None:
     import importlib
 
-    for mod in ("grokfetch.convert.gguf", "grokfetch.convert.safetensors", "grokfetch.convert.jaxstore"):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as exc:
-            if exc.name != mod:  # a real missing dependency inside the module
-                raise
+    for mod in TARGET_MODULES.values():
+        importlib.import_module(mod)
 
 
 def subset_config(config: ModelConfig, layers: tuple[int, ...] | list[int] | None,

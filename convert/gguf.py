@@ -37,14 +37,6 @@ from grokfetch.convert.base import (
     check_output_name,
     pack_by_size,
 )
-from grokfetch.convert.gguf_read import (  # noqa: F401  (iter_params, open_gguf: re-exported for smoke)
-    ARCH,
-    KEY_SCHEME,
-    KEY_SOURCE_EXPERTS,
-    KEY_SOURCE_LAYERS,
-    iter_params,
-    open_gguf,
-)
 from grokfetch.convert.output import ordered_map
 from grokfetch.convert.quant import (
     BF16,
@@ -58,6 +50,7 @@ from grokfetch.convert.quant import (
 
 from grokfetch.checkpoint.reader import TOKENIZER_FILENAME
 from grokfetch.errors import UsageError
+from grokfetch.formats.gguf import ARCH, KEY_SCHEME, KEY_SOURCE_EXPERTS, KEY_SOURCE_LAYERS
 from grokfetch.fsutil import file_sha256
 from grokfetch.spec import ModelConfig, TensorSpec
 

@@ -30,10 +30,10 @@ import numpy as np
 
 from grokfetch.checkpoint.reader import BF16
 from grokfetch.errors import UsageError
+from grokfetch.formats.jaxstore import ROOT_KEY, param_key
 from grokfetch.spec import TensorSpec
 
 AXES = ("data", "model")
-ROOT_KEY = "params"
 #: Partition rule of each slot (weights and scales alike), from the official model.py.
 RULES: dict[str, tuple] = {
     "attn_q": ("data", "model"),
@@ -91,11 +91,6 @@ def parse_mesh(mesh: tuple[int, int] | str) -> tuple[int, int]:
     if d < 1 or m < 1:
         raise UsageError(f"bad --mesh {d}x{m}: both sizes must be at least 1")
     return d, m
-
-
-def param_key(spec: TensorSpec) -> str:
-    """The tree key of a spec below ``params``: its Haiku path with dots."""
-    return spec.path.replace("/", ".")
 
 
 def _axis_size(entry, mesh: dict[str, int]) -> int:

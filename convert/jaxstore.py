@@ -33,7 +33,6 @@ import hashlib
 import itertools
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +40,9 @@ import numpy as np
 from grokfetch.convert.base import TENSOR_TASK, OutputFile, OutputItem, Target, pack_by_size
 from grokfetch.convert.jax_layout import (
     AXES,
-    ROOT_KEY,
     RULES,
     ArrayPlan,
     fit_pspec,
-    param_key,
     parse_mesh,
     plan_arrays,
     source_region,
@@ -54,9 +51,10 @@ from grokfetch.convert.ocdbt import Config, Ref, encode_tree, manifest
 from grokfetch.convert.source import OpenSources
 
 from grokfetch.checkpoint.reader import BF16
-from grokfetch.errors import CheckpointError, UsageError
+from grokfetch.errors import UsageError
+from grokfetch.formats.jaxstore import ROOT_KEY, open_array, param_key, tree_names
 from grokfetch.progress import Progress
-from grokfetch.spec import TensorSpec, TensorTable
+from grokfetch.spec import TensorTable
 
 DATA_DIR = "ocdbt.process_0"
 HANDLER = "orbax.checkpoint._src.handlers.standard_checkpoint_handler.StandardCheckpointHandler"
@@ -68,13 +66,6 @@ MAX_DECODED_NODE_BYTES = 100_000_000
 TARGET_DATA_FILE_SIZE = 2 * 1024**3
 #: Input bytes after which mapped checkpoint pages are released while writing one array.
 RELEASE_BYTES = 64 * 1024 * 1024
-
-
-def _kvstore(base: Path, path: str | None = None) -> dict[str, Any]:
-    spec: dict[str, Any] = {"driver": "ocdbt", "base": f"file://{Path(base).absolute()}/"}
-    if path is not None:
-        spec["path"] = path
-    return spec
 
 
 def zarr_json(a: ArrayPlan) -> bytes:
@@ -240,46 +231,7 @@ class JaxTarget(Target, name="jax"):
         return {"mesh": list(self.mesh), "arrays": len(self.arrays())}
 
 
-# --- reading an output back ----------------------------------------------------------------
-
-
-def _open_array(out: Path, name: str):
-    import tensorstore as ts
-
-    return ts.open({"driver": "zarr3", "kvstore": _kvstore(Path(out), name + "/"), "open": True},
-                   read=True).result()
-
-
-def iter_params(out: Path, table: TensorTable
-                ) -> Iterator[tuple[TensorSpec, np.ndarray, np.ndarray | None]]:
-    """Every checkpoint tensor present in a JAX output, read with tensorstore (JAX layout).
-
-    ``table`` describes the output (``TensorTable(load_config(out))``). Yields
-    ``(spec, int8 weight, bf16 scales)`` for quantized tensors and ``(spec, float32, None)``.
-    """
-    out = Path(out)
-    names = set(_tree_names(out))
-    for spec in table.model_order():
-        base = f"{ROOT_KEY}.{param_key(spec)}"
-        if spec.quantized:
-            if f"{base}.weight" not in names:
-                continue
-            w = _open_array(out, f"{base}.weight").read().result()
-            s = _open_array(out, f"{base}.scales").read().result()
-            yield spec, w, s
-        elif base in names:
-            yield spec, _open_array(out, base).read().result(), None
-
-
-def _tree_names(out: Path) -> list[str]:
-    path = Path(out) / "_METADATA"
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(path, "not a grokfetch JAX output (no _METADATA)") from None
-    except ValueError as exc:
-        raise CheckpointError(path, f"unreadable: {exc}") from None
-    return [".".join(k["key"] for k in v["key_metadata"]) for v in doc["tree_metadata"].values()]
+# --- loading an output into JAX (reading is grokfetch.formats.jaxstore) ---------------------
 
 
 def make_mesh(data: int = 1, model: int = 8, devices: list | None = None):
@@ -310,8 +262,8 @@ def abstract_tree(out: Path, mesh, table: TensorTable | None = None) -> dict[str
     sizes = {n: mesh.shape[n] for n in AXES}
     by_key = {f"{ROOT_KEY}.{param_key(s)}": s for s in table}
     tree: dict[str, Any] = {}
-    for name in _tree_names(out):
-        arr = _open_array(out, name)
+    for name in tree_names(out):
+        arr = open_array(out, name)
         base, _, part = name.rpartition(".")
         spec = by_key.get(name) or by_key[base]
         pspec = fit_pspec(RULES.get(spec.slot.key, ()), tuple(arr.shape), sizes)

@@ -211,9 +211,3 @@ def quantize_rows(x: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
         return np.asarray(kquant_fn(qtype)(x), dtype=np.uint8)
     return np.asarray(gq.quantize(x, qtype)).view(np.uint8)
 
-
-def dequantize_bytes(data: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
-    """gguf-py's dequantizer (float32), for readers and tests."""
-    if qtype == T.BF16:
-        return np.ascontiguousarray(data).view(BF16).astype(np.float32)
-    return gq.dequantize(data, qtype)

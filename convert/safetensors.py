@@ -13,39 +13,30 @@ known), written first, and then each tensor's bytes follow in row chunks taken f
 memory-mapped checkpoint; a shard is never held in memory. The tensors, names and the int8
 scale convention are described in :mod:`grokfetch.convert.st_tensors`.
 
-:func:`iter_params` reads an output back with ``safetensors.safe_open`` in JAX layout, for the
-smoke test.
+Reading an output back is :mod:`grokfetch.formats.safetensors`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 from grokfetch.convert.base import TENSOR_TASK, OutputFile, OutputItem, Target
 from grokfetch.convert.safetensors_header import encode_header, plan_shards, shard_names
 from grokfetch.convert.source import OpenSources
 from grokfetch.convert.st_tensors import (
     DTYPES,
     LAYOUTS,
-    LM_HEAD,
     StEntry,
     entry_chunks,
     plan_entries,
-    scale_name,
 )
 
-from grokfetch.errors import CheckpointError, UnsafePathError, UsageError
-from grokfetch.fsutil import safe_join
+from grokfetch.errors import CheckpointError, UsageError
+from grokfetch.formats.safetensors import INDEX_NAME
 from grokfetch.progress import Progress
-from grokfetch.spec import ModelConfig, TensorSpec, TensorTable
+from grokfetch.spec import ModelConfig
 
-#: The index file of a sharded safetensors output (import it rather than spelling it out).
-INDEX_NAME = "model.safetensors.index.json"
 HF_CONFIG_NAME = "config.json"
 ST_METADATA = {"format": "pt"}
 #: Drop the memory-mapped input pages from the process after this many output bytes (they stay
@@ -179,87 +170,3 @@ def _in_bytes(e: StEntry) -> int:
         n *= d
     return n * {"weight": 1, "scale": 2, "float": 4}[e.part]
 
-
-# --- reading an output back (for the smoke test) -------------------------------------------
-
-
-def read_index(out: Path) -> dict[str, Any]:
-    """The parsed ``model.safetensors.index.json`` of an output, checked: a ``weight_map`` of
-    tensor names to shard files inside ``out`` (anything else is a :class:`CheckpointError`)."""
-    path = Path(out) / INDEX_NAME
-    try:
-        index = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(path, "not a grokfetch safetensors output (no index)") from None
-    except ValueError as exc:
-        raise CheckpointError(path, f"unreadable index: {exc}") from None
-    wm = index.get("weight_map") if isinstance(index, dict) else None
-    if not isinstance(wm, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                           for k, v in wm.items()):
-        raise CheckpointError(path, "bad index: no weight_map of tensor names to file names")
-    for fname in set(wm.values()):
-        try:
-            safe_join(out, fname)
-        except UnsafePathError as exc:
-            raise CheckpointError(path, f"bad index: shard {fname!r} {exc.why}") from None
-    return index
-
-
-def iter_params(out: Path, table: TensorTable
-                ) -> Iterator[tuple[TensorSpec, np.ndarray, np.ndarray | None]]:
-    """Every checkpoint tensor present in a safetensors output, back in JAX layout.
-
-    ``table`` describes the output (``TensorTable(load_config(out))``: a ``--layers`` /
-    ``--experts`` subset is numbered from 0). Yields ``(spec, weight, scales)``:
-
-    - int8 outputs: int8 weight (in, out) / experts (E, in, out) and bf16 scales in the
-      checkpoint's layout (``spec.scales_shape``);
-    - bf16 outputs: the bf16 effective weight in the same layout, scales None;
-    - float tensors (embedding, norms, router (in, E)): float32, scales None.
-
-    Reads through ``safetensors.safe_open(framework="numpy")`` (bf16 as ``ml_dtypes.bfloat16``).
-    """
-    from safetensors import safe_open
-
-    out = Path(out)
-    index = read_index(out)
-    layout = index.get("metadata", {}).get("layout", "hf")
-    weight_map: dict[str, str] = index["weight_map"]
-
-    with contextlib.ExitStack() as stack:
-        handles: dict[str, Any] = {}
-
-        def get(name: str) -> np.ndarray:
-            fname = weight_map[name]
-            if fname not in handles:
-                handles[fname] = stack.enter_context(
-                    safe_open(str(safe_join(out, fname)), framework="numpy"))
-            return handles[fname].get_tensor(name)
-
-        for spec in table.model_order():
-            namer = spec.hf_name if layout == "hf" else spec.sglang_name
-            names = [namer(e) for e in range(spec.shape[0])] if spec.per_expert else [namer()]
-            if names[0] not in weight_map:
-                continue
-            if not spec.quantized:
-                w = get(names[0])
-                yield spec, (np.ascontiguousarray(w.T) if spec.slot.transpose else w), None
-                continue
-            ws = [np.ascontiguousarray(get(n).T) for n in names]
-            has_scales = scale_name(names[0]) in weight_map
-            ss = [np.ascontiguousarray(get(scale_name(n)).T) for n in names] if has_scales else None
-            w = np.stack(ws) if spec.per_expert else ws[0]
-            s = None if ss is None else (np.stack(ss) if spec.per_expert else ss[0])
-            yield spec, w, s
-
-
-def lm_head(out: Path) -> np.ndarray | None:
-    """sglang's ``lm_head.weight`` of an output (None for the hf layout)."""
-    from safetensors import safe_open
-
-    index = read_index(Path(out))
-    fname = index["weight_map"].get(LM_HEAD)
-    if fname is None:
-        return None
-    with safe_open(str(safe_join(Path(out), fname)), framework="numpy") as f:
-        return f.get_tensor(LM_HEAD)

@@ -28,12 +28,11 @@ from grokfetch.convert.safetensors_header import StTensor
 from grokfetch.convert.source import SourceTensor, blocked_transpose
 
 from grokfetch.checkpoint.reader import BF16
+from grokfetch.formats.safetensors import LM_HEAD, scale_name
 from grokfetch.spec import ModelConfig, TensorSpec, TensorTable
 
 LAYOUTS = ("hf", "sglang")
 DTYPES = ("bf16", "int8")
-SCALE_SUFFIX = "_scale"
-LM_HEAD = "lm_head.weight"
 #: Rows per strip of the blocked transpose (the fastest of 64-1024 tried for int8 here).
 TRANSPOSE_STRIP = 64
 
@@ -50,11 +49,6 @@ class StEntry:
     @property
     def name(self) -> str:
         return self.tensor.name
-
-
-def scale_name(weight_name: str) -> str:
-    """``x.weight`` → ``x.weight_scale``."""
-    return weight_name + SCALE_SUFFIX
 
 
 def plan_entries(specs: Sequence[TensorSpec], out_config: ModelConfig, layer_map: list[int],

@@ -60,6 +60,8 @@ def _malformed(ckpt: str, tmp: str) -> list[list[str]]:
         ["convert", ckpt, "--to", "gguf", "--out", f"{tmp}/o", "--split-size", "0"],
         ["convert", ckpt, "--to", "gguf", "--out", f"{tmp}/o", "-q", "-v"],
         ["smoke", ckpt, "--gpus", "eight"],
+        ["smoke", ckpt, "--platform", "tpu"],
+        ["convert", ckpt, "--to", "onnx", "--out", f"{tmp}/o"],
         ["smoke", ckpt, "--dtype", "bfloat17"],
         ["smoke", ckpt, "--layers", "2-5", "--dry-run"],
         ["smoke", ckpt, "--device-memory", "0", "--dry-run"],
@@ -85,7 +87,7 @@ def test_malformed_command_lines_are_usage_errors(run_cli, tiny_ckpt, tmp_path):
 def test_parse_errors_show_the_usage_line(run_cli):
     code, _, err = run_cli(["convert", "./x", "--out", "y"])
     assert code == 2
-    assert err.splitlines() == ["error: Missing option '--to'.",
+    assert err.splitlines() == ["error: Missing option '--to'. Choose from: gguf, safetensors, jax",
                                 "Usage: grokfetch convert [OPTIONS] [CKPT_DIR]",
                                 "Try 'grokfetch convert --help' for help."]
 
@@ -107,6 +109,30 @@ def test_help_has_conventional_metavars_and_shared_flags(run_cli, cmd):
     assert not re.search(r"<(bool|int|str|float|path|list\[[a-z]+\])>|\{[a-z_]+\}", out), out
     for flag in ("--json", "--quiet", "-q", "--verbose", "-v"):
         assert flag in out, (cmd, flag)
+
+
+@pytest.mark.parametrize("cmd, flag", [(["convert"], "--to"), (["download"], "--order"),
+                                       (["smoke"], "--platform"), (["verify"], "--hashes")])
+def test_enum_options_are_choices_declared_by_the_library(run_cli, tiny_ckpt, cmd, flag):
+    """The help lists the library's own values, and the parser refuses any other one."""
+    from grokfetch.convert.base import TARGETS, get_target
+
+    from grokfetch.integrity.pieces import HASH_SCHEMES
+    from grokfetch.smoke.mesh import PLATFORMS
+    from grokfetch.torrent.options import ORDERS
+
+    values = {"--to": TARGETS, "--order": ORDERS, "--platform": PLATFORMS, "--hashes": HASH_SCHEMES}[flag]
+    if flag == "--to":
+        for name in TARGETS:  # every declared target exists
+            assert get_target(name).name == name
+    from grokfetch.cli import click_command
+
+    param = next(p for p in click_command().commands[cmd[0]].params if flag in p.opts)
+    assert param.metavar == "[" + "|".join(values) + "]"  # what --help shows
+    args = [*cmd, str(tiny_ckpt)] if cmd != ["download"] else [*cmd, "--dir", str(tiny_ckpt)]
+    code, _, err = run_cli([*args, flag, "nonsense"])
+    assert code == 2 and err.splitlines()[0].startswith(f"error: Invalid value for '{flag}'"), err
+    assert all(repr(v) in err.splitlines()[0] for v in values), err
 
 
 def test_one_vocabulary(run_cli):

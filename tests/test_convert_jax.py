@@ -21,13 +21,14 @@ import pytest
 import tensorstore as ts
 from grokfetch.convert.base import ConvertOptions
 from grokfetch.convert.jax_layout import RULES, chunk_shape, fit_pspec, param_key, plan_arrays, shard_shape
-from grokfetch.convert.jaxstore import DATA_DIR, iter_params, make_mesh, restore
+from grokfetch.convert.jaxstore import DATA_DIR, make_mesh, restore
 from grokfetch.convert.output import STATE_FILENAME
 from grokfetch.convert.run import convert
 from progress_doubles import InterruptAfter
 
 from grokfetch.checkpoint.reader import open_checkpoint
 from grokfetch.errors import UsageError
+from grokfetch.formats.jaxstore import iter_params
 from grokfetch.spec import PRESETS, TensorTable, load_config
 
 #: PartitionSpec of each slot at the official 1x8 mesh, as jax prints it (smoke-notes §3.2).

@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 from grokfetch.convert.base import ConvertOptions
 from grokfetch.convert.run import convert
-from grokfetch.convert.safetensors import HF_CONFIG_NAME, INDEX_NAME, hf_config, iter_params, lm_head
+from grokfetch.convert.safetensors import HF_CONFIG_NAME, hf_config
 from grokfetch.convert.safetensors_header import StTensor, encode_header, plan_shards
 from progress_doubles import InterruptAfter
 from safetensors import safe_open
 
 from grokfetch.checkpoint.reader import BF16, open_checkpoint
 from grokfetch.errors import CheckpointError, OutputExistsError, UsageError
+from grokfetch.formats.safetensors import INDEX_NAME, iter_params, lm_head
 from grokfetch.spec import PRESETS, TensorTable, load_config
 
 SHARD = 600_000  # a few shards for the ~8 MB tiny bf16 export

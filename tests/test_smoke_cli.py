@@ -162,7 +162,7 @@ def test_preflight_refuses_grok1_before_loading(run_cli, tmp_path):
     (["--gpus", "8", "--tokens", "1,x"], "bad --tokens"),
     (["--gpus", "8", "--tokens", "1,9999"], "out of range"),
     (["--gpus", "64"], "only 8 cpu devices"),
-    (["--gpus", "8", "--platform", "tpu"], "--platform must be"),
+    (["--gpus", "8", "--platform", "tpu"], "Invalid value for '--platform'"),
     (["--gpus", "8", "--num-processes", "2"], "needs --coordinator"),
 ])
 def test_usage_errors(run_cli, tiny_ckpt, args, message):

@@ -59,8 +59,7 @@ def _run(src, devices, dtype, forms=None):
 
 def _host_dense(path):
     """The GGUF as the old smoke read it: gguf-py dequantizes every tensor on the host."""
-    from grokfetch.convert.gguf_read import iter_params, open_gguf
-
+    from grokfetch.formats.gguf import iter_params, open_gguf
     from grokfetch.smoke.load import Source, open_source
 
     src = open_source(path)

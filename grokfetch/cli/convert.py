@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
@@ -19,6 +19,7 @@ from grokfetch.cli.options import (
     VerboseOpt,
     examples,
 )
+from grokfetch.convert.base import TARGETS
 from grokfetch.units import human_bytes
 
 EPILOG = examples(
@@ -49,7 +50,8 @@ def register(app: typer.Typer) -> None:
         ckpt_dir: Annotated[Optional[Path], typer.Argument(
             help="Checkpoint folder (holding ckpt-0/), ckpt-0 itself, or the download folder "
                  "(optional with --dry-run).", show_default=False)] = None,
-        to: Annotated[str, typer.Option("--to", help="Output format: gguf, safetensors or jax.")] = ...,
+        to: Annotated[Literal[TARGETS], typer.Option("--to",
+                                        help="Output format.")] = ...,
         out: Annotated[Optional[Path], typer.Option(
             "--out", "-o", help="Output folder (created; refused if it exists, unless --force or "
                                 "resuming; a finished one is left as it is).")] = None,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
@@ -18,6 +18,7 @@ from grokfetch.cli.options import (
     VerboseOpt,
     examples,
 )
+from grokfetch.torrent.options import ORDERS
 from grokfetch.units import human_bytes
 
 DL_EPILOG = examples(
@@ -82,7 +83,8 @@ def register(app: typer.Typer) -> None:
                                                "(repeatable).")] = None,
         layers: LayersOpt = None,
         preset: PresetOpt = None,
-        order: Annotated[str, typer.Option("--order", help="Piece order: rarest (swarm-friendly), "
+        order: Annotated[Literal[ORDERS], typer.Option("--order",
+                                           help="Piece order: rarest (swarm-friendly), "
                                            "sequential, or model (files finish in model order).")] = "rarest",
         peer: Annotated[Multi, typer.Option("--peer", help="Connect to HOST:PORT (repeatable).")] = None,
         webseed: Annotated[Multi, typer.Option("--webseed", help="HTTP web seed base URL (BEP 19, "

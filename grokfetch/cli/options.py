@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional, get_args, get_origin
 
 import typer
 
@@ -37,12 +37,18 @@ METAVARS = {
     "--peer": "HOST:PORT", "--listen": "ADDR:PORT", "--coordinator": "HOST:PORT",
     "--split-size": "SIZE", "--shard-size": "SIZE", "--chunk-size": "SIZE", "--piece-size": "SIZE",
     "--device-memory": "SIZE", "--max-download-rate": "RATE", "--max-upload-rate": "RATE",
-    "--mesh": "DATAxMODEL", "--to": "FORMAT", "--tokens": "IDS", "--include": "GLOB",
+    "--mesh": "DATAxMODEL", "--tokens": "IDS", "--include": "GLOB",
     "--exclude": "GLOB", "--webseed": "URL", "--tracker": "URL", "--preset": "NAME",
     "--dtype": "DTYPE", "--quant": "TYPE", "--bits": "N", "--jobs": "N", "--gpus": "N",
     "--timeout": "SECONDS", "--wait-timeout": "SECONDS", "--for": "SECONDS",
 }
 _TYPE_METAVARS = {"int": "INTEGER", "float": "FLOAT", "str": "TEXT", "Path": "PATH"}
+
+
+def _choices(param: Any) -> tuple[str, ...]:
+    """The values of a ``Literal[...]`` option (a choice typer validates), else ()."""
+    ann = param.type_descriptor.annotation
+    return tuple(str(a) for a in get_args(ann)) if get_origin(ann) is Literal else ()
 
 
 def _type_name(param: Any) -> str:
@@ -57,7 +63,8 @@ def conventional_metavars(command: Any) -> None:
     """Give every parameter of a typer-built click command tree a conventional metavar.
 
     typer 0.29 shows types as ``<int>``, flags as ``<bool>`` and required arguments as
-    ``{name}``; this sets ``INTEGER``/``PATH``/:data:`METAVARS` on options, nothing on flags,
+    ``{name}``; this sets ``INTEGER``/``PATH``/:data:`METAVARS` on options, ``[a|b]`` on choices
+    (``Literal[...]`` options), nothing on flags,
     and ``NAME`` / ``[NAME]`` on arguments (through click's public ``metavar`` and
     ``get_usage_pieces``).
     """
@@ -83,6 +90,8 @@ def conventional_metavars(command: Any) -> None:
         elif getattr(param, "is_flag", False) or getattr(param, "is_bool_flag", False) or \
                 _type_name(param) == "bool":
             param.metavar = ""
+        elif _choices(param):
+            param.metavar = "[" + "|".join(_choices(param)) + "]"
         elif param.metavar is None:
             longest = max(param.opts, key=len)
             param.metavar = METAVARS.get(longest) or _TYPE_METAVARS.get(_type_name(param), "TEXT")

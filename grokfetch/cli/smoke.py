@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
@@ -17,6 +17,7 @@ from grokfetch.cli.options import (
     VerboseOpt,
     examples,
 )
+from grokfetch.smoke.mesh import PLATFORMS
 from grokfetch.units import human_bytes
 
 EPILOG = examples(
@@ -97,7 +98,8 @@ def register(app: typer.Typer) -> None:
         gpus: Annotated[int, typer.Option("--gpus", help="Devices in the mesh, a power of two "
                                           "dividing the model's heads (Grok-1: 1, 2, 4 or 8); "
                                           "with --platform cpu, simulated.")] = 1,
-        platform: Annotated[str, typer.Option("--platform", help="gpu or cpu.")] = "gpu",
+        platform: Annotated[Literal[PLATFORMS], typer.Option("--platform",
+                                              help="Run on GPUs or on simulated CPU devices.")] = "gpu",
         prompt: Annotated[Optional[str], typer.Option("--prompt", help="Prompt text (default: the "
                                                       "official demo prompt).")] = None,
         tokens: Annotated[Optional[str], typer.Option("--tokens", help="Prompt token ids, comma-"

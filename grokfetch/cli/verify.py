@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
 from grokfetch.cli.options import ForceOpt, JobsOpt, JsonOpt, PresetOpt, QuietOpt, VerboseOpt, examples
+from grokfetch.integrity.pieces import HASH_SCHEMES
 from grokfetch.units import human_bytes
 
 VERIFY_EPILOG = examples(
@@ -91,8 +92,9 @@ def register(app: typer.Typer) -> None:
         peer: Annotated[Optional[list[str]], typer.Option(
             "--peer", help="With --repair: connect to HOST:PORT (repeatable).")] = None,
         jobs: JobsOpt = None,
-        hashes: Annotated[str, typer.Option("--hashes", help="For hybrid torrents: auto (v2), "
-                                            "v1 or v2.")] = "auto",
+        hashes: Annotated[Literal[HASH_SCHEMES], typer.Option("--hashes",
+                                            help="For hybrid torrents: which hashes to check "
+                                                 "(auto: v2).")] = "auto",
         all_files: Annotated[bool, typer.Option("--all-files", help="Check every file of the "
                                                 "torrent, even those a selective download "
                                                 "(--include/--layers) skipped.")] = False,
@@ -111,8 +113,6 @@ def register(app: typer.Typer) -> None:
         out = Output("verify", json_mode=json_, quiet=quiet, verbose=verbose)
         check_jobs(jobs)
         check_preset(directory, preset)
-        if hashes not in ("auto", "v1", "v2"):
-            raise UsageError(f"--hashes must be auto, v1 or v2, not {hashes!r}")
         if peer and not repair:
             raise UsageError("--peer only makes sense with --repair")
         with out.progress() as progress:

@@ -67,6 +67,10 @@ def _survey(root: Path, torrent: Torrent, report: Report) -> dict[int, Avail]:
     return out
 
 
+#: Which torrent hashes to check a hybrid torrent with (``--hashes``): ``auto`` is v2.
+HASH_SCHEMES = ("auto", "v1", "v2")
+
+
 def check_torrent(root: Path, torrent: Torrent, *, scheme: str = "auto", jobs: int | None = None,
                   only: set[int] | None = None, strict: bool = False,
                   progress: Progress = NULL_PROGRESS) -> Report:
@@ -83,6 +87,8 @@ def check_torrent(root: Path, torrent: Torrent, *, scheme: str = "auto", jobs: i
             are nowhere) are errors (``unverified``), not warnings. ``verify`` is strict; a
             check during a download, when a neighbour may still be arriving, is not.
     """
+    if scheme not in HASH_SCHEMES:
+        raise UsageError(f"--hashes must be one of {', '.join(HASH_SCHEMES)}, not {scheme!r}")
     t0 = time.monotonic()
     use_v2 = torrent.v2 if scheme == "auto" else scheme == "v2"
     if use_v2 and not torrent.v2:

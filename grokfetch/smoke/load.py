@@ -5,8 +5,9 @@ or ``*.safetensors``; ``ckpt-0/tensor*`` pickles; OCDBT/orbax markers such as ``
 ``manifest.ocdbt``) and wraps its reader. Each reader yields ``(spec, weight, scales | None)`` in
 JAX layout: the original pickles through :func:`~grokfetch.checkpoint.reader.open_checkpoint`
 (int8 + bf16 scales, memory-mapped), the converted formats through their readers, imported
-when used: ``grokfetch.convert.safetensors.iter_params`` / ``grokfetch.convert.jaxstore.iter_params``, and for GGUF
-``grokfetch.convert.gguf_read.open_gguf`` (parsed once; the same parse decides ``lossless`` and
+when used: ``grokfetch.formats.safetensors.iter_params`` /
+``grokfetch.formats.jaxstore.iter_params``, and for GGUF
+``grokfetch.formats.gguf.open_gguf`` (parsed once; the same parse decides ``lossless`` and
 each tensor's form). A damaged file is one :class:`~grokfetch.errors.CheckpointError`.
 
 Forms (:mod:`grokfetch.smoke.mesh`): the pickles and int8 exports stay int8 + scales on the
@@ -34,7 +35,7 @@ from grokfetch.errors import CheckpointError, GrokfetchError, NotFoundError
 from grokfetch.spec import TENSOR_DIR, ModelConfig, TensorSpec, TensorTable, load_config
 
 if TYPE_CHECKING:
-    from grokfetch.convert.gguf_read import GGUFModel
+    from grokfetch.formats.gguf import GGUFModel
 
 #: ``(spec, weight, scales)``: the weight is an array, or for GGUF a ``StoredTensor``.
 Item = tuple[TensorSpec, Any, "np.ndarray | None"]
@@ -65,7 +66,7 @@ def detect_format(path: Path, preset: str | None = None) -> tuple[str, Path]:
     Raises:
         NotFoundError: nothing that looks like a checkpoint.
     """
-    from grokfetch.convert.safetensors import INDEX_NAME
+    from grokfetch.formats.safetensors import INDEX_NAME
 
     path = Path(path)
     if not path.exists():
@@ -212,7 +213,7 @@ def _subset_iter(fmt: str, fn: Callable[[Path, TensorTable], Iterator[Item]], ro
 
 def _gguf_iter(model: GGUFModel, table: TensorTable) -> Iter:
     """The stored tensors of an already-parsed GGUF (the file is not parsed again)."""
-    from grokfetch.convert.gguf_read import iter_stored
+    from grokfetch.formats.gguf import iter_stored
 
     return lambda specs: iter_stored(model, table, specs)
 
@@ -237,7 +238,7 @@ def open_source(path: Path | str, preset: str | None = None) -> Source:
     if fmt == "pickle":
         it = _pickle_iter(root, config)
     elif fmt == "gguf":
-        from grokfetch.convert.gguf_read import open_gguf, tensor_types
+        from grokfetch.formats.gguf import open_gguf, tensor_types
 
         model = open_gguf(Path(path) if Path(path).is_file() else root)
         it = _gguf_iter(model, table)
@@ -246,11 +247,11 @@ def open_source(path: Path | str, preset: str | None = None) -> Source:
     elif fmt == "safetensors":
         from safetensors import SafetensorError
 
-        from grokfetch.convert.safetensors import iter_params as st_iter
+        from grokfetch.formats.safetensors import iter_params as st_iter
 
         it = _subset_iter(fmt, st_iter, root, table, (SafetensorError, ValueError))
     else:
-        from grokfetch.convert.jaxstore import iter_params as jax_iter
+        from grokfetch.formats.jaxstore import iter_params as jax_iter
 
         # tensorstore reports a damaged store as ValueError (e.g. OUT_OF_RANGE, DATA_LOSS).
         it = _subset_iter(fmt, jax_iter, root, table, (ValueError,))

@@ -26,6 +26,8 @@ from grokfetch.errors import GrokfetchError, UsageError
 from grokfetch.spec import ModelConfig, TensorSpec, TensorTable
 
 MODEL = "model"
+#: Where the smoke test runs (``--platform``): real GPUs, or simulated CPU devices.
+PLATFORMS = ("gpu", "cpu")
 DATA = "data"
 
 #: Mesh axis per dimension, for the weight (and its scales) of each slot; None = replicated.
@@ -148,8 +150,8 @@ def setup_jax(platform: str, n: int, coordinator: str | None = None, num_process
     deterministic ops unless ``XLA_FLAGS`` already says otherwise. If JAX already runs in this
     process (tests), its existing devices are used when there are enough.
     """
-    if platform not in ("cpu", "gpu"):
-        raise UsageError(f"--platform must be gpu or cpu, not {platform!r}")
+    if platform not in PLATFORMS:
+        raise UsageError(f"--platform must be one of {', '.join(PLATFORMS)}, not {platform!r}")
     if num_processes < 1 or not 0 <= process_id < num_processes:
         raise UsageError(f"--process-id {process_id} must be in 0..{num_processes - 1}")
     if n % num_processes:

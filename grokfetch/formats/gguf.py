@@ -1,4 +1,4 @@
-"""Read a grokfetch GGUF back as checkpoint tensors (for the smoke test and the tests).
+"""The GGUF reader: a grokfetch GGUF back as checkpoint tensors (smoke, tests), and its metadata keys.
 
 :func:`iter_params` opens ``OUT`` (a folder holding one GGUF, possibly split, or a ``.gguf``
 path), and yields ``(spec, array, None)`` for each spec of ``table`` in model order, in JAX
@@ -25,15 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, Keys
-from grokfetch.convert.quant import dequantize_bytes
+from gguf import quants as gq
 
+from grokfetch.checkpoint.reader import BF16
 from grokfetch.errors import CheckpointError, NotFoundError
 from grokfetch.spec import TensorSpec, TensorTable
 
-BF16 = np.dtype(ml_dtypes.bfloat16)
 #: ``general.architecture`` of the files grokfetch writes (llama.cpp's ``grok``).
 ARCH = "grok"
 KEY_BLOCK_COUNT = Keys.LLM.BLOCK_COUNT.format(arch=ARCH)
@@ -43,6 +42,13 @@ KEY_SCHEME = "grokfetch.scheme"
 #: Values dequantized per step by :meth:`StoredTensor.dense` (16 MiB of f32).
 DENSE_CHUNK = 4 * 1024 * 1024
 _SPLIT = re.compile(r"^(?P<stem>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
+
+
+def dequantize_bytes(data: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
+    """gguf-py's dequantizer (float32), for the readers and tests."""
+    if qtype == GGMLQuantizationType.BF16:
+        return np.ascontiguousarray(data).view(BF16).astype(np.float32)
+    return gq.dequantize(data, qtype)
 
 
 def gguf_files(out: Path | str) -> list[Path]:
