@@ -55,7 +55,6 @@ from grokfetch.convert.quant import (
     tensor_type,
     type_nbytes,
 )
-from grokfetch.convert.source import Prefetcher
 
 from grokfetch.checkpoint.reader import TOKENIZER_FILENAME
 from grokfetch.errors import UsageError
@@ -333,12 +332,7 @@ class GGUFTarget(Target, name="gguf"):
         per_job_in = in_bytes / (len(experts) * rows_total)
         want = BF16 if t.qtype == GGMLQuantizationType.BF16 else np.float32
 
-        def fetch(job: tuple[int | None, int, int]) -> None:
-            e, r0, r1 = job
-            src.prefetch(r0, r1, expert=e, transposed=spec.slot.transpose)
-
         def work(job: tuple[int | None, int, int]) -> tuple[tuple, np.ndarray]:
-            ahead.started()
             e, r0, r1 = job
             if len(t.shape) == 1:
                 rows = src.rows(0, ne0)
@@ -348,20 +342,16 @@ class GGUFTarget(Target, name="gguf"):
 
         done_in = 0
         last_e = None
-        threads = self.options.threads
-        # results are quantized chunks (a fraction of a source chunk): a deeper window than
-        # workers + 1 keeps a worker from idling behind one slow chunk at little memory cost
-        with Prefetcher(fetch, jobs, ahead=threads + 1) as ahead:
-            for (e, r0, r1), data in ordered_map(work, jobs, threads, max_inflight=4 * threads):
-                if e != last_e and last_e is not None:
-                    src.release(last_e)
-                last_e = e
-                sink.write(data)
-                if not spec.slot.transpose:
-                    src.release_rows(r0, r1)
-                n = round(per_job_in * (r1 - r0))
-                done_in += n
-                progress.advance(TENSOR_TASK, n)
+        for (e, r0, r1), data in ordered_map(work, jobs, self.options.threads):
+            if e != last_e and last_e is not None:
+                src.release(last_e)
+            last_e = e
+            sink.write(data)
+            if not spec.slot.transpose:
+                src.release_rows(r0, r1)
+            n = round(per_job_in * (r1 - r0))
+            done_in += n
+            progress.advance(TENSOR_TASK, n)
         if in_bytes - done_in:
             progress.advance(TENSOR_TASK, in_bytes - done_in)
         src.release()

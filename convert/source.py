@@ -16,21 +16,14 @@ mapped pages of a finished expert (``MADV_DONTNEED``), so file-backed pages neve
 process's RSS: a converter holds at most one expert slab (201 MB int8 for Grok-1) plus its
 workers' chunks.
 
-:meth:`SourceTensor.prefetch` and :class:`Prefetcher` keep the workers computing instead of
-faulting: one background thread maps in (``MADV_POPULATE_READ``, else ``MADV_WILLNEED``) the pages
-of the next few row chunks while the workers quantize the current ones.
-
 :class:`SourceProvider` opens sources for the driver and implements ``--wait`` (convert while
 ``grokfetch download`` is still running).
 """
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import mmap
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -51,9 +44,6 @@ PAGE = mmap.PAGESIZE
 #: Rows per strip of :func:`blocked_transpose` for the dequantizing path (a float32 product
 #: follows); the safetensors int8 path uses 64 (the fastest of 64-1024 tried there).
 TRANSPOSE_BLOCK = 512
-#: ``madvise`` advice that faults a range's pages into the page tables (Linux >= 5.14).
-MADV_POPULATE_READ = 22
-_LIBC = ctypes.CDLL(None, use_errno=True) if os.name == "posix" else None
 
 
 def blocked_transpose(a: np.ndarray, block: int = TRANSPOSE_BLOCK) -> np.ndarray:
@@ -82,7 +72,6 @@ class SourceTensor:
             self.experts = list(range(n_exp)) if experts is None else list(experts)
         self.weight = self._tf.weight
         self.scales = self._tf.scales
-        self._prefetched: tuple[int, int] | None = None
         problem = scales_problem(self.scales) if self.scales is not None else None
         if problem:
             self.close()
@@ -163,31 +152,6 @@ class SourceTensor:
         prod *= st[:, :, None]  # in place: one float32 chunk alive, not two
         return prod.reshape(c, n_in).astype(BF16)
 
-    def prefetch(self, r0: int, r1: int, expert: int | None = None,
-                 transposed: bool = False) -> None:
-        """Fault in the mapped int8/float pages that :meth:`rows` with the same arguments reads.
-
-        Rows of the JAX layout are one contiguous range; a transposed chunk reads a column strip
-        of every row, i.e. the whole (expert's) matrix. Called from a :class:`Prefetcher` thread;
-        ``madvise`` runs through ctypes, so the GIL is released while the kernel maps the pages.
-        """
-        if self._map is None or self.weight is None or self.weight.ndim < 2:
-            return
-        per = self._wref.nbytes // self.spec.shape[0] if self.spec.per_expert else self._wref.nbytes
-        base = self._wref.offset
-        if self.spec.per_expert:
-            if expert is None:
-                return
-            base += per * self.experts[expert]  # type: ignore[index]
-        if transposed or self.spec.slot.key == "router":
-            start, length = base, per
-        else:
-            row = per // self.matrix_shape(False)[0]
-            start, length = base + r0 * row, (r1 - r0) * row
-        if (start, length) != self._prefetched:  # a transposed expert's chunks share one range
-            self._prefetched = (start, length)
-            _populate(self._map, start, length)
-
     def release(self, expert: int | None = None) -> None:
         """Drop the mapped pages of one kept expert (or the whole tensor) from memory."""
         if self._map is None:
@@ -227,57 +191,6 @@ class SourceTensor:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _populate(m: mmap.mmap, start: int, length: int) -> None:
-    """``madvise(MADV_POPULATE_READ)`` on ``m[start:start+length]`` (``MADV_WILLNEED`` where the
-    kernel lacks it); errors are ignored: this is only a hint."""
-    if _LIBC is None:
-        return
-    lo = start // PAGE * PAGE
-    hi = min(len(m), -(-(start + length) // PAGE) * PAGE)
-    if hi <= lo:
-        return
-    addr = np.frombuffer(m, np.uint8, count=1).ctypes.data  # the buffer export ends right here
-    for advice in (MADV_POPULATE_READ, getattr(mmap, "MADV_WILLNEED", None)):
-        if advice is None:
-            return
-        if _LIBC.madvise(ctypes.c_void_p(addr + lo), ctypes.c_size_t(hi - lo),
-                         ctypes.c_int(advice)) == 0 or ctypes.get_errno() != errno.EINVAL:
-            return
-
-
-class Prefetcher:
-    """Runs ``fetch(job)`` for ``jobs`` in order on one background thread, at most ``ahead`` jobs
-    in front of the workers (each worker calls :meth:`started` when it takes a job), so the pages
-    of the next chunks are mapped while the current ones are quantized. Use as a context manager;
-    leaving it stops the thread before the source may be closed."""
-
-    def __init__(self, fetch, jobs: list, ahead: int):
-        self._fetch, self._jobs = fetch, jobs
-        self._room = threading.Semaphore(ahead)
-        self._stop = False
-        self._thread = threading.Thread(target=self._run, name="grokfetch-prefetch", daemon=True)
-
-    def _run(self) -> None:
-        for job in self._jobs:
-            self._room.acquire()
-            if self._stop:
-                return
-            self._fetch(job)
-
-    def started(self) -> None:
-        """A worker took the next job: the prefetcher may run one job further."""
-        self._room.release()
-
-    def __enter__(self) -> Prefetcher:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop = True
-        self._room.release()
-        self._thread.join()
 
 
 class OpenSources:

@@ -6,7 +6,6 @@ import json
 import shutil
 import threading
 import time
-from pathlib import Path
 
 import ml_dtypes
 import numpy as np
@@ -22,14 +21,7 @@ from grokfetch.convert.base import (
 )
 from grokfetch.convert.output import STATE_FILENAME, ConvertState, DirSink, FileSink, ordered_map
 from grokfetch.convert.run import convert
-from grokfetch.convert.source import (
-    PAGE,
-    OpenSources,
-    Prefetcher,
-    SourceProvider,
-    SourceTensor,
-    blocked_transpose,
-)
+from grokfetch.convert.source import OpenSources, SourceProvider, SourceTensor, blocked_transpose
 
 from grokfetch.checkpoint.reader import open_checkpoint
 from grokfetch.errors import (
@@ -136,64 +128,6 @@ def test_source_tensor_maps_the_file_once(tiny_ckpt):
         assert np.array_equal(src.weight, tf.weight) and np.array_equal(
             src.scales.view(np.uint16), tf.scales.view(np.uint16))
     assert src._map is None
-
-
-def _mapped_bytes(path: Path) -> int:
-    """Resident bytes of this process's mappings of ``path`` (smaps walks the page tables)."""
-    total, inside = 0, False
-    with open("/proc/self/smaps") as f:
-        for line in f:
-            head = line.split()
-            if head and "-" in head[0] and len(head) >= 5:
-                inside = line.rstrip().endswith(str(path))
-            elif inside and head[0] == "Rss:":
-                total += int(head[1]) * 1024
-    return total
-
-
-@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs Linux /proc")
-@pytest.mark.parametrize("transposed", [True, False])
-def test_source_prefetch_maps_exactly_the_chunk_pages(mini_ckpt, transposed):
-    """prefetch() maps the pages rows() would fault in (all of the expert's slab for a transposed
-    chunk, the rows' span otherwise), not the whole tensor, and release() drops them again."""
-    ck = open_checkpoint(mini_ckpt)
-    spec = ck.table.get("moe_up", 0)
-    with SourceTensor(spec, ck.file_path(spec)) as src:
-        slab = src.weight[1].nbytes
-        rows = src.matrix_shape(False)[0]
-        r1 = rows // 2
-        path = ck.file_path(spec).resolve()
-        before = _mapped_bytes(path)
-        src.prefetch(0, r1, expert=1, transposed=transposed)
-        grown = _mapped_bytes(path) - before
-        want = slab if transposed else slab * r1 // rows
-        # the kernel maps whole page-cache folios (up to a few hundred KiB here) around the range
-        assert want - 2 * PAGE <= grown <= want + (1 << 20) < src.weight.nbytes, (grown, want)
-        src.release()
-        assert _mapped_bytes(path) <= before
-
-
-def test_prefetcher_runs_every_job_in_order_at_most_ahead():
-    fetched: list[int] = []
-    lock = threading.Lock()
-
-    def fetch(job):
-        with lock:
-            fetched.append(job)
-
-    with Prefetcher(fetch, list(range(20)), ahead=3) as pf:
-        for started in range(1, 21):
-            time.sleep(0.005)  # room for the thread to run as far as it may
-            with lock:
-                assert len(fetched) <= started + 2  # 3 before the first start, +1 per start
-            pf.started()
-        deadline = time.monotonic() + 5
-        while len(fetched) < 20 and time.monotonic() < deadline:
-            time.sleep(0.001)
-    assert fetched == list(range(20))
-    with Prefetcher(fetch, list(range(100)), ahead=1):
-        pass  # leaving early stops the thread (join returns) without running every job
-    assert len(fetched) <= 21
 
 
 # --- small helpers ------------------------------------------------------------------------------
