@@ -19,6 +19,10 @@ weights/s, ``speed_ratio`` = llama seconds / our seconds, and how many output te
 byte-identical between the two files (all but ``token_embd``, whose float32 source the anchor
 only gets rounded to bf16; its rows are checked against our quantizer on that bf16 input).
 
+``--rounds N`` (default 1) alternates the two runs N times (ours, llama, ours, llama, ...), so
+that the load of a shared machine falls on both alike; each round gives its own ratios, and the
+reported ones are the medians (``rounds`` lists every round).
+
     GROKFETCH_LIBLLAMA=/path/libllama.so python bench/bench_llama_quantize.py [--threads 2] [--experts 2]
 
 Without a libllama the anchor is skipped (our run is still measured). How to build one from the
@@ -33,6 +37,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -147,6 +152,20 @@ def compare_tensors(a: Path, b: Path, ckpt: Path) -> dict:
     return doc
 
 
+def _round_doc(runs: dict, weights: float, load: tuple) -> dict:
+    """One round's figures per run, and its ratios when the anchor ran."""
+    doc: dict = {"load_avg": [round(x, 2) for x in load]}
+    for name, r in runs.items():
+        doc[name] = {"seconds": round(r["seconds"], 1), "cpu_seconds": round(r["cpu_seconds"], 1),
+                     "peak_rss_mib": round(r["peak_rss_bytes"] / 2**20),
+                     "mweights_per_s": round(weights / r["seconds"] / 1e6, 1),
+                     "out_bytes": Path(r["file"]).stat().st_size}
+    if "llama" in runs:
+        doc["speed_ratio"] = round(runs["llama"]["seconds"] / runs["ours"]["seconds"], 3)
+        doc["cpu_ratio"] = round(runs["llama"]["cpu_seconds"] / runs["ours"]["cpu_seconds"], 3)
+    return doc
+
+
 def _warm(paths: list[Path]) -> None:
     """Read files once so that both runs start from a warm page cache."""
     for p in paths:
@@ -163,6 +182,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--dir", type=Path, default=None, help="work folder (default: a temp dir)")
     ap.add_argument("--ckpt", type=Path, default=None,
                     help="an existing write_real_layers checkpoint (default: generate one)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="alternate ours/llama this many times; report median ratios (default 1)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     ap.add_argument("--_child", dest="path", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--src", default=None, help=argparse.SUPPRESS)
@@ -189,30 +210,36 @@ def main(argv: list[str] | None = None) -> dict:
         weights = sum(s.numel * (args.experts / 8 if s.per_expert else 1) for s in specs)
         doc["weights"] = int(weights)
         inputs = [ckpt / s.relpath for s in specs]
-        _warm(inputs)
-        ours = _spawn(work, "ours", src=ckpt, out=work / "ours", threads=args.threads,
-                      experts=args.experts)
-        runs = {"ours": ours}
+        bf16 = None
         if args.lib:
             bf16 = _spawn(work, "ours", src=ckpt, out=work / "bf16", threads=args.threads,
                           experts=args.experts, quant="BF16")
             doc["bf16_gguf_seconds"] = round(bf16["seconds"], 1)
-            _warm([Path(bf16["file"])])
-            runs["llama"] = _spawn(work, "llama", lib=args.lib, src=bf16["file"],
-                                   out=work / "llama.gguf", threads=args.threads)
-            os.unlink(bf16["file"])
-            doc["tensors"] = compare_tensors(Path(ours["file"]), Path(runs["llama"]["file"]), ckpt)
         else:
             doc["llama"] = "skipped: no libllama (pass --lib or set GROKFETCH_LIBLLAMA)"
-        for name, r in runs.items():
-            doc[name] = {"seconds": round(r["seconds"], 1), "cpu_seconds": round(r["cpu_seconds"], 1),
-                         "peak_rss_mib": round(r["peak_rss_bytes"] / 2**20),
-                         "mweights_per_s": round(weights / r["seconds"] / 1e6, 1),
-                         "out_bytes": Path(r["file"]).stat().st_size}
+        rounds = []
+        for _ in range(max(1, args.rounds)):
+            shutil.rmtree(work / "ours", ignore_errors=True)
+            _warm(inputs)
+            runs = {"ours": _spawn(work, "ours", src=ckpt, out=work / "ours", threads=args.threads,
+                                   experts=args.experts)}
+            if bf16 is not None:
+                _warm([Path(bf16["file"])])
+                runs["llama"] = _spawn(work, "llama", lib=args.lib, src=bf16["file"],
+                                       out=work / "llama.gguf", threads=args.threads)
+            rounds.append(_round_doc(runs, weights, os.getloadavg()))
+        ours = runs["ours"]
+        if bf16 is not None:
+            os.unlink(bf16["file"])
+            doc["tensors"] = compare_tensors(Path(ours["file"]), Path(runs["llama"]["file"]), ckpt)
+        doc.update(rounds[-1])
+        del doc["load_avg"]
         doc["ours"]["int8_mb_per_s"] = round(ours["input_bytes"] / 1e6 / ours["seconds"], 1)
-        if "llama" in runs:
-            doc["speed_ratio"] = round(runs["llama"]["seconds"] / ours["seconds"], 3)
-            doc["cpu_ratio"] = round(runs["llama"]["cpu_seconds"] / ours["cpu_seconds"], 3)
+        if bf16 is not None:
+            for key in ("speed_ratio", "cpu_ratio"):
+                doc[key] = round(statistics.median(r[key] for r in rounds), 3)
+        if args.rounds > 1:
+            doc["rounds"] = rounds
         doc["load_avg_after"] = os.getloadavg()
         print(json.dumps(doc))
         return doc
