@@ -15,9 +15,14 @@ from grokfetch.fsutil import real_subdir
 STATE_DIR = ".grokfetch"
 
 
+def state_dir(dest: Path) -> Path:
+    """``DEST/.grokfetch``."""
+    return Path(dest) / STATE_DIR
+
+
 def state_file(dest: Path, infohash: str, kind: str) -> Path:
     """``DEST/.grokfetch/<infohash>.<kind>`` (kind: torrent, resume, running, recheck)."""
-    return Path(dest) / STATE_DIR / f"{infohash}.{kind}"
+    return state_dir(dest) / f"{infohash}.{kind}"
 
 
 def saved_torrents(path: Path, parents: int = 1) -> list[Path]:

@@ -18,30 +18,22 @@ import time
 from pathlib import Path
 
 from grokfetch.errors import DownloadFailed, InsufficientSpaceError, Interrupted, UsageError
-from grokfetch.fsutil import free_bytes, refuse_symlink_entries, write_atomic
+from grokfetch.fsutil import write_atomic
 from grokfetch.progress import NULL_PROGRESS, Progress
-from grokfetch.spec import TensorTable, load_config, parse_layers
-from grokfetch.torrent import selection
+from grokfetch.spec import parse_layers
 from grokfetch.torrent.alerts import on_alert, status_event
-from grokfetch.torrent.layout import (
-    bytes_on_disk,
-    check_paths,
-    check_table,
-    file_paths,
-    piece_range,
-    pieces_of,
-)
+from grokfetch.torrent.layout import plan_files
 from grokfetch.torrent.options import DownloadOptions, DownloadResult
 from grokfetch.torrent.order import REQUEST_SECONDS, ModelOrder
 from grokfetch.torrent.seed import serve
+from grokfetch.torrent.selection import Selection
 from grokfetch.torrent.session import (
     StopSignals,
-    clear_flags,
     close_session,
+    fetch_params,
     listen_port,
     listen_wanted,
     make_session,
-    pex_flags,
     resolve_peer,
 )
 from grokfetch.torrent.source import Source, announce_urls, infohash_of, resolve, torrent_bytes
@@ -67,7 +59,7 @@ class _Job:
         self.hash_failures = 0
         self.banned: list[str] = []
         self.file_error: str | None = None
-        self.sel: selection.Selection | None = None
+        self.sel: Selection | None = None
         self.model: ModelOrder | None = None   # --order model, once the files are known
         self.checked = False
         self.resume_pending = 0
@@ -82,38 +74,11 @@ class _Job:
 
     # --- setup ------------------------------------------------------------------------------
 
-    def table(self, ti) -> TensorTable | None:
-        o = self.opts
-        if o.layers is None and o.order != "model":
-            return None
-        root = self.dest / ti.name()
-        cfg = load_config(root if root.is_dir() else None, o.preset or self.src.model_preset)
-        return TensorTable(cfg)
-
     def plan(self, ti) -> list[int]:
         """Selection + preflight for known metadata; returns the file priorities."""
-        paths = file_paths(ti)
-        check_paths(self.dest, paths)
-        refuse_symlink_entries(ti, self.dest)
-        table = self.table(ti)
-        if table is not None:
-            check_table(table, paths)
-        layers = parse_layers(self.opts.layers, table.config.num_layers) if table else None
-        self.sel = selection.select(paths, table, include=self.opts.include,
-                                    exclude=self.opts.exclude, layers=layers)
-        if self.sel.count == 0:
-            raise UsageError("the --include/--exclude/--layers filters select no file of the torrent")
-        fs = ti.layout()
-        remaining = sum(fs.file_size(i) - bytes_on_disk(self.dest / paths[i], fs.file_size(i))
-                        for i in range(len(paths)) if self.sel.wanted[i])
-        free = free_bytes(self.dest)
-        if remaining > free and not self.opts.force:
-            raise InsufficientSpaceError(self.dest, remaining, free)
-        self.wanted_pieces = pieces_of(ti, [i for i, w in enumerate(self.sel.wanted) if w])
-        if self.opts.order == "model":
-            self.model = ModelOrder(self.sel, [piece_range(ti, i) for i in range(len(paths))],
-                                    ti.piece_length(), ti.num_pieces())
-        return selection.base_priorities(self.sel)
+        fp = plan_files(ti, self.dest, self.opts, self.src.model_preset)
+        self.sel, self.wanted_pieces, self.model = fp.sel, fp.wanted_pieces, fp.model
+        return fp.priorities
 
     def reorder(self, h, st=None, force: bool = False) -> None:
         """Keep model-order piece priorities up to date (no-op in the other orders)."""
@@ -150,20 +115,8 @@ class _Job:
             self.save_torrent(atp.ti)
         else:
             atp.flags |= lt.torrent_flags.default_dont_download
-        # exactly these trackers from the first moment (the .torrent's own are in the list)
-        atp.trackers = self.tracker_urls(atp.ti)
-        atp.flags |= lt.torrent_flags.override_trackers
-        atp.url_seeds = list(self.opts.webseeds)
-        pex_flags(atp, self.opts.net)
-        atp.save_path = str(self.dest)
-        atp.storage_mode = lt.storage_mode_t.storage_mode_sparse
-        clear_flags(atp)
-        atp.flags &= ~(lt.torrent_flags.upload_mode | lt.torrent_flags.seed_mode
-                       | lt.torrent_flags.stop_when_ready)
-        if self.opts.order == "sequential":
-            atp.flags |= lt.torrent_flags.sequential_download
-        else:
-            atp.flags &= ~lt.torrent_flags.sequential_download
+        fetch_params(atp, self.dest, self.tracker_urls(atp.ti), self.opts.webseeds, self.opts.net,
+                     sequential=self.opts.order == "sequential")
         return atp
 
     # --- the loop ---------------------------------------------------------------------------

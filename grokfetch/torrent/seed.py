@@ -14,7 +14,7 @@ from pathlib import Path
 
 from grokfetch.errors import CheckFailed, NotFoundError, UsageError
 from grokfetch.fsutil import safe_join
-from grokfetch.integrity.dlstate import STATE_DIR, saved_torrents
+from grokfetch.integrity.dlstate import saved_torrents, state_file
 from grokfetch.progress import NULL_PROGRESS, Progress
 from grokfetch.torrent.session import (
     NetOptions,
@@ -38,7 +38,7 @@ def find_torrent(folder: Path) -> Path:
         return found[0]
     if len(found) > 1:
         raise UsageError(f"{found[0].parent} holds {len(found)} torrents; pick one with --torrent")
-    raise NotFoundError(folder / STATE_DIR / "<infohash>.torrent", "saved torrent",
+    raise NotFoundError(state_file(folder, "<infohash>", "torrent"), "saved torrent",
                         hint="pass --torrent FILE, or seed the folder a download wrote")
 
 

@@ -168,6 +168,28 @@ def clear_flags(atp) -> None:
     atp.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
 
 
+def fetch_params(atp, dest, trackers: list[str], webseeds, net: NetOptions, sequential: bool
+                 ) -> None:
+    """Set up ``atp`` to fetch into ``dest`` now: exactly ``trackers`` from the first moment
+    (the .torrent's own are in the list), the web seeds, ``--no-pex``, sparse storage, started
+    (not paused, not auto-managed, not upload/seed mode), sequential or not."""
+    import libtorrent as lt
+
+    atp.trackers = list(trackers)
+    atp.flags |= lt.torrent_flags.override_trackers
+    atp.url_seeds = list(webseeds)
+    pex_flags(atp, net)
+    atp.save_path = str(dest)
+    atp.storage_mode = lt.storage_mode_t.storage_mode_sparse
+    clear_flags(atp)
+    atp.flags &= ~(lt.torrent_flags.upload_mode | lt.torrent_flags.seed_mode
+                   | lt.torrent_flags.stop_when_ready)
+    if sequential:
+        atp.flags |= lt.torrent_flags.sequential_download
+    else:
+        atp.flags &= ~lt.torrent_flags.sequential_download
+
+
 def close_session(ses, timeout: float = 5.0, watch: SwarmWatch | None = None) -> None:
     """Pause ``ses``, let its trackers hear ``event=stopped`` (when ``watch`` saw them told
     ``started``), and close its listening sockets now (waits up to ``timeout`` s).

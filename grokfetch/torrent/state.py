@@ -16,7 +16,7 @@ from pathlib import Path
 
 from grokfetch.errors import UsageError
 from grokfetch.fsutil import real_subdir, write_atomic
-from grokfetch.integrity.dlstate import STATE_DIR, state_file
+from grokfetch.integrity.dlstate import STATE_DIR, state_dir, state_file
 
 
 def _alive(pid: int) -> bool:
@@ -40,7 +40,7 @@ class StateFiles:
 
     @property
     def dir(self) -> Path:
-        return self.dest / STATE_DIR
+        return state_dir(self.dest)
 
     @property
     def torrent(self) -> Path:
