@@ -22,10 +22,9 @@ everything that is not format-specific, in this order:
 3. refuses an existing OUT (unless ``--force`` or a resumable state of the *same* plan) and checks
    free disk space for the bytes still to write (``fsutil.check_free_space``);
 4. for each output file not yet complete calls :meth:`Target.write_file` with a sink
-   (:class:`grokfetch.convert.output.FileSink` for ``kind="file"``, :class:`grokfetch.convert.output.DirSink` for
-   ``kind="dir"``). The target writes through the sink only:
+   (:class:`grokfetch.convert.output.FileSink`). The target writes through the sink only:
 
-   - ``sink.begin(header_bytes)`` (files): writes the header, or on resume checks that the
+   - ``sink.begin(header_bytes)``: writes the header, or on resume checks that the
      partial file starts with exactly these bytes;
    - for each item in plan order: ``if sink.done(item.key): continue`` (finished by an earlier
      run), then ``sink.write(bytes_or_array)`` any number of times, then
@@ -58,14 +57,14 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from grokfetch.errors import UsageError
 from grokfetch.progress import Progress
 from grokfetch.spec import ModelConfig, TensorSpec
 
 if TYPE_CHECKING:  # pragma: no cover
-    from grokfetch.convert.output import DirSink, FileSink
+    from grokfetch.convert.output import FileSink
     from grokfetch.convert.source import SourceProvider
 
     from grokfetch.checkpoint.reader import Checkpoint
@@ -174,12 +173,11 @@ class OutputItem:
 
 @dataclass
 class OutputFile:
-    """One file (or directory, ``kind="dir"``) of the output, relative to OUT."""
+    """One file of the output, relative to OUT."""
 
     relpath: str
     items: list[OutputItem]
     nbytes: int  # expected size on disk (header + data + padding); used by the disk check
-    kind: Literal["file", "dir"] = "file"
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -192,7 +190,7 @@ class OutputFile:
         return list(seen.values())
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"relpath": self.relpath, "kind": self.kind, "nbytes": self.nbytes,
+        return {"relpath": self.relpath, "nbytes": self.nbytes,
                 "items": [[i.key, i.nbytes] for i in self.items]}
 
 
@@ -232,7 +230,7 @@ class Target:
         """The output files, their items in write order and their expected sizes."""
         raise NotImplementedError
 
-    def write_file(self, ofile: OutputFile, sink: FileSink | DirSink, source: SourceProvider,
+    def write_file(self, ofile: OutputFile, sink: FileSink, source: SourceProvider,
                    progress: Progress) -> None:
         """Write one planned file through ``sink`` (see the module docstring)."""
         raise NotImplementedError

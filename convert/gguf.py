@@ -273,9 +273,9 @@ class GGUFTarget(Target, name="gguf"):
             items = [OutputItem(t.name, (t.spec,), t.nbytes, self._in_bytes(t.spec),
                                 {"plan": t}) for t in group]
             size = len(header) + sum(_pad(t.nbytes) for t in group)
-            files.append(OutputFile(relpath, items, size, "file",
-                                    {"header": header,
-                                     "header_sha256": hashlib.sha256(header).hexdigest()}))
+            files.append(OutputFile(relpath, items, size,
+                                    meta={"header": header,
+                                          "header_sha256": hashlib.sha256(header).hexdigest()}))
         return files
 
     def _meta(self, w: GGUFWriter) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from grokfetch.fsutil import open_partial, partial_path, remove_tree, safe_join, write_atomic
+from grokfetch.fsutil import open_partial, partial_path, safe_join, write_atomic
 from grokfetch.integrity.manifest import StreamHasher
 
 STATE_FILENAME = ".grokfetch-convert-state.json"
@@ -202,49 +202,6 @@ class FileSink:
         """Close without renaming (the partial stays for a resume)."""
         if not self._f.closed:
             self._f.close()
-
-
-class DirSink:
-    """An output directory being written as ``NAME.partial/`` (tensorstore arrays and the like).
-
-    The target writes files below :attr:`path`, fsyncs what must survive a crash, and calls
-    :meth:`commit` per finished unit; :meth:`done` reports units of an earlier run.
-    """
-
-    def __init__(self, root: Path, relpath: str, state: ConvertState):
-        self.root, self.relpath, self.state = root, relpath, state
-        self.final = safe_join(root, relpath, keep_link=True)
-        self.path = partial_path(self.final)
-        rec = state.file(relpath)
-        self.resumed = bool(rec["items"]) and self.path.is_dir() and not self.path.is_symlink()
-        if not self.resumed:
-            remove_tree(self.path)  # a stale partial, or a symlink planted there (not followed)
-            rec = state.reset_file(relpath)
-        self.path.mkdir(parents=True, exist_ok=True)
-        self.rec = rec
-        self.bytes_written = 0
-
-    def done(self, key: str) -> bool:
-        return key in self.rec["items"]
-
-    def commit(self, key: str, nbytes: int = 0) -> None:
-        self.bytes_written += nbytes
-        self.rec["items"][key] = self.rec["items"].get(key, 0) + nbytes
-        self.state.save()
-
-    def finish(self) -> None:
-        remove_tree(self.final)
-        os.replace(self.path, self.final)
-        fsync_dir(self.final.parent)
-        self.rec["complete"] = True
-        self.state.save()
-
-    def manifest_entry(self) -> None:
-        """None: the target writes the files itself; the driver hashes them from disk."""
-        return None
-
-    def close(self) -> None:
-        pass
 
 
 def ordered_map(fn, items, workers: int, max_inflight: int | None = None):

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from grokfetch.convert.base import ConvertOptions, OutputFile, Target, get_target
-from grokfetch.convert.output import STATE_FILENAME, ConvertState, DirSink, FileSink
+from grokfetch.convert.output import STATE_FILENAME, ConvertState, FileSink
 from grokfetch.convert.source import SourceProvider
 
 from grokfetch.checkpoint.reader import TOKENIZER_FILENAME, Checkpoint, open_checkpoint
@@ -213,15 +213,11 @@ def _finished_output(out: Path, files: list[OutputFile]) -> Path | None:
         listed = {e["path"] for e in json.loads(manifest.read_text())["files"]}
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    planned = {f.relpath for f in files if f.kind == "file"}
+    planned = {f.relpath for f in files}
     if not planned <= listed or not {CONFIG_FILENAME, TOKENIZER_FILENAME} <= listed:
         return None
     for f in files:
         p = safe_join(out, f.relpath)
-        if f.kind == "dir":
-            if not p.is_dir():
-                return None
-            continue
         header = f.meta.get("header", b"")
         if not p.is_file() or p.stat().st_size != f.nbytes:
             return None
@@ -299,7 +295,7 @@ def convert(ckpt_dir: Path | str, out: Path | str, options: ConvertOptions, *,
                 if f not in todo:
                     progress.advance(TOTAL_KEY, sum(i.in_bytes for i in f.items))
                     continue
-                sink = (FileSink if f.kind == "file" else DirSink)(out, f.relpath, state)
+                sink = FileSink(out, f.relpath, state)
                 skipped = sum(i.in_bytes for i in f.items if sink.done(i.key))
                 if skipped:
                     progress.advance(TOTAL_KEY, skipped)
@@ -311,8 +307,7 @@ def convert(ckpt_dir: Path | str, out: Path | str, options: ConvertOptions, *,
                 entry = sink.manifest_entry()
                 if entry is not None:
                     hashed[f.relpath] = entry
-                progress.event("file", path=f.relpath, bytes=sink.final.stat().st_size
-                               if f.kind == "file" else f.nbytes)
+                progress.event("file", path=f.relpath, bytes=sink.final.stat().st_size)
         except (CheckpointError, UsageError):
             if created:
                 # the input is at fault and OUT is ours: leave nothing half-written behind

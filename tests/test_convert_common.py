@@ -19,7 +19,7 @@ from grokfetch.convert.base import (
     parse_experts,
     subset_config,
 )
-from grokfetch.convert.output import STATE_FILENAME, ConvertState, DirSink, FileSink, ordered_map
+from grokfetch.convert.output import STATE_FILENAME, ConvertState, FileSink, ordered_map
 from grokfetch.convert.run import convert
 from grokfetch.convert.source import OpenSources, SourceProvider, SourceTensor, blocked_transpose
 
@@ -220,9 +220,8 @@ def test_sinks_refuse_paths_outside_their_root(tmp_path, relpath):
     outside.mkdir()
     (root / "link").symlink_to(outside)
     state = ConvertState(root, {})
-    for sink_cls in (FileSink, DirSink):
-        with pytest.raises(UnsafePathError):
-            sink_cls(root, relpath, state)
+    with pytest.raises(UnsafePathError):
+        FileSink(root, relpath, state)
     assert list(outside.iterdir()) == [] and not (tmp_path / "x.bin").exists()
     assert sorted(p.name for p in root.iterdir()) == ["link"]
 
@@ -433,23 +432,6 @@ def test_wait_hash_checks_pieces_when_the_torrent_is_saved(tiny_ckpt, tmp_path):
     prov = SourceProvider(ck, wait=True, wait_timeout=0.5, poll=0.1)
     with pytest.raises(WaitTimeout, match="piece hashes"):
         prov.open(spec)
-
-
-def test_dir_sink_resumes_and_renames(tmp_path):
-    from grokfetch.convert.output import DirSink
-
-    state = ConvertState(tmp_path, {})
-    sink = DirSink(tmp_path, "arr", state)
-    (sink.path / "a").write_bytes(b"1")
-    sink.commit("a", 1)
-    sink.close()  # crash before finish
-    sink = DirSink(tmp_path, "arr", ConvertState.load(tmp_path))
-    assert sink.resumed and sink.done("a") and not sink.done("b")
-    (sink.path / "b").write_bytes(b"2")
-    sink.commit("b", 1)
-    sink.finish()
-    assert sorted(p.name for p in (tmp_path / "arr").iterdir()) == ["a", "b"]
-    assert not (tmp_path / "arr.partial").exists()
 
 
 def test_progress_reports_every_input_byte(tiny_ckpt, tmp_path):
