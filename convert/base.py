@@ -61,7 +61,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from grokfetch.errors import UsageError
 from grokfetch.progress import Progress
-from grokfetch.spec import ModelConfig, TensorSpec
+from grokfetch.spec import ModelConfig, TableSubset, TensorSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     from grokfetch.convert.output import FileSink
@@ -199,7 +199,8 @@ class Target:
 
     Attributes set by ``__init__``: ``ckpt`` (the open checkpoint), ``specs`` (the selected
     specs in file order, ``--layers`` applied), ``options``, ``config`` (the checkpoint config),
-    ``out_config`` (the config the output describes: layers and experts of a subset).
+    ``subset`` (the checkpoint table cut to ``--layers``/``--experts``: its ``out`` table names
+    and shapes the output) and ``out_config`` (the config the output describes).
     """
 
     name: ClassVar[str] = ""
@@ -220,7 +221,8 @@ class Target:
     def __init__(self, ckpt: Checkpoint, specs: list[TensorSpec], options: ConvertOptions):
         self.ckpt, self.specs, self.options = ckpt, specs, options
         self.config: ModelConfig = ckpt.config
-        self.out_config: ModelConfig = subset_config(ckpt.config, options.layers, options.experts)
+        self.subset: TableSubset = ckpt.table.subset(options.layers, options.experts)
+        self.out_config: ModelConfig = self.subset.out.config
 
     # -- to implement ---------------------------------------------------------------------
     def validate(self) -> None:
@@ -248,13 +250,11 @@ class Target:
 
     def layer_map(self) -> list[int]:
         """Source layer of each output layer (output layer ``i`` is ``layer_map()[i]``)."""
-        return list(self.options.layers) if self.options.layers is not None \
-            else list(range(self.config.num_layers))
+        return list(self.subset.layers)
 
     def expert_map(self) -> list[int]:
         """Source expert of each output expert."""
-        return list(self.options.experts) if self.options.experts is not None \
-            else list(range(self.config.num_experts))
+        return list(self.subset.experts)
 
 
 def _jsonable(v: Any) -> Any:
@@ -286,18 +286,6 @@ def _load_builtin_targets() -> None:
 
     for mod in TARGET_MODULES.values():
         importlib.import_module(mod)
-
-
-def subset_config(config: ModelConfig, layers: tuple[int, ...] | list[int] | None,
-                  experts: tuple[int, ...] | list[int] | None) -> ModelConfig:
-    """The config of an output that keeps only ``layers`` and ``experts`` (None = all)."""
-    changes: dict[str, Any] = {}
-    if layers is not None:
-        changes["num_layers"] = len(layers)
-    if experts is not None:
-        changes["num_experts"] = len(experts)
-        changes["num_selected_experts"] = min(config.num_selected_experts, len(experts))
-    return dataclasses.replace(config, **changes) if changes else config
 
 
 def parse_experts(text: str | None, num_experts: int) -> tuple[int, ...] | None:

@@ -182,10 +182,7 @@ class JaxTarget(Target, name="jax"):
         self.mesh  # noqa: B018 - parses --mesh, raising UsageError
 
     def arrays(self) -> list[ArrayPlan]:
-        out_table = TensorTable(self.out_config)
-        layers = self.layer_map()
-        out_specs = {s.index: out_table.get(s.slot.key, None if s.layer is None
-                                             else layers.index(s.layer)) for s in self.specs}
+        out_specs = {s.index: self.subset.out_spec(s) for s in self.specs}
         # chunk shapes are a storage property: fixed, not --chunk-size (which only sizes work)
         return plan_arrays(self.specs, out_specs, len(self.expert_map()), self.mesh)
 

@@ -13,8 +13,9 @@ keys, so layers appear in lexicographic order of their decimal index (0, 1, 10, 
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -296,6 +297,23 @@ class TensorTable:
         specs = list(self.specs) if specs is None else specs
         return sorted(specs, key=lambda s: (-1 if s.layer is None else s.layer, s.index))
 
+    def subset(self, layers: Sequence[int] | None = None,
+               experts: Sequence[int] | None = None) -> TableSubset:
+        """This table cut to ``layers`` and ``experts`` (None = all), renumbered from 0: the one
+        place a ``--layers``/``--experts`` output's names and shapes come from."""
+        cfg = self.config
+        kept_layers = tuple(range(cfg.num_layers)) if layers is None else tuple(layers)
+        kept_experts = tuple(range(cfg.num_experts)) if experts is None else tuple(experts)
+        for what, kept, n in (("layers", kept_layers, cfg.num_layers),
+                              ("experts", kept_experts, cfg.num_experts)):
+            if not kept or any(not 0 <= k < n for k in kept) or len(set(kept)) != len(kept):
+                raise UsageError(f"bad {what} {list(kept)}: need distinct values in 0-{n - 1}")
+        out = cfg if (layers, experts) == (None, None) else dataclasses.replace(
+            cfg, num_layers=len(kept_layers), num_experts=len(kept_experts),
+            num_selected_experts=min(cfg.num_selected_experts, len(kept_experts)))
+        return TableSubset(self, TensorTable(out) if out is not cfg else self,
+                           kept_layers, kept_experts)
+
     @property
     def payload_bytes(self) -> int:
         return sum(s.payload_bytes for s in self.specs)
@@ -307,6 +325,41 @@ class TensorTable:
     @property
     def num_params(self) -> int:
         return sum(s.numel for s in self.specs)
+
+
+@dataclass(frozen=True)
+class TableSubset:
+    """A table cut to some layers and experts, with the table of what is kept.
+
+    Output layer ``i`` is source layer ``layers[i]`` and output expert ``j`` source expert
+    ``experts[j]``; :attr:`out` describes the output (its names, shapes and config).
+    """
+
+    source: TensorTable
+    out: TensorTable
+    layers: tuple[int, ...]
+    experts: tuple[int, ...]
+
+    @cached_property
+    def _out_layer(self) -> dict[int, int]:
+        return {src: i for i, src in enumerate(self.layers)}
+
+    def out_layer(self, layer: int | None) -> int | None:
+        """The output number of source ``layer`` (None for globals); KeyError if not kept."""
+        return None if layer is None else self._out_layer[layer]
+
+    def out_spec(self, spec: TensorSpec) -> TensorSpec:
+        """The output table's counterpart of the source ``spec``."""
+        return self.out.get(spec.slot.key, self.out_layer(spec.layer))
+
+    def specs(self) -> list[TensorSpec]:
+        """The source specs kept: globals and the kept layers, in file order."""
+        return self.source.select(self.layers)
+
+    def model_order(self, specs: Sequence[TensorSpec]) -> list[TensorSpec]:
+        """Source ``specs`` in the output's model order (globals, then output layer 0, 1, ...)."""
+        return sorted(specs, key=lambda s: (-1 if s.layer is None else self._out_layer[s.layer],
+                                            s.index))
 
 
 def parse_layers(text: str | None, num_layers: int) -> list[int] | None:

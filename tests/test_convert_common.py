@@ -17,7 +17,6 @@ from grokfetch.convert.base import (
     Target,
     get_target,
     parse_experts,
-    subset_config,
 )
 from grokfetch.convert.output import STATE_FILENAME, ConvertState, FileSink, ordered_map
 from grokfetch.convert.run import convert
@@ -32,7 +31,7 @@ from grokfetch.errors import (
     UsageError,
 )
 from grokfetch.integrity.manifest import MANIFEST_NAME, build_manifest
-from grokfetch.spec import PRESETS
+from grokfetch.spec import PRESETS, TensorTable
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 
@@ -151,10 +150,22 @@ def test_ordered_map_keeps_order_and_bounds_inflight():
     assert list(ordered_map(fn, range(5), workers=1)) == [0, 1, 4, 9, 16]
 
 
-def test_subset_config_and_expert_parsing():
+def test_table_subset_renumbers_layers_and_experts_and_expert_parsing():
     cfg = PRESETS["mini"]
-    sub = subset_config(cfg, (0, 5), (2,))
-    assert (sub.num_layers, sub.num_experts, sub.num_selected_experts) == (2, 1, 1)
+    sub = TensorTable(cfg).subset((5, 0), (2, 3))
+    out = sub.out.config
+    assert (out.num_layers, out.num_experts, out.num_selected_experts) == (2, 2, 2)
+    assert TensorTable(cfg).subset((0, 5), (2,)).out.config.num_selected_experts == 1
+    src = TensorTable(cfg).get("moe_down", 0)
+    o = sub.out_spec(src)  # source layer 0 is output layer 1: the order given is kept
+    assert (o.layer, o.shape, o.gguf_name) == (1, (2,) + src.shape[1:], "blk.1.ffn_down_exps.weight")
+    assert sub.out_spec(TensorTable(cfg).get("router", 5)).shape == (cfg.emb_size, 2)
+    assert [s.layer for s in sub.model_order(sub.specs())][:3] == [None, None, 5]
+    table = TensorTable(cfg)
+    assert table.subset().out is table
+    for bad in ((0, 0), (cfg.num_layers,), ()):
+        with pytest.raises(UsageError, match="layers"):
+            TensorTable(cfg).subset(bad)
     assert parse_experts("0-2,5", 8) == (0, 1, 2, 5)
     assert parse_experts("all", 8) is None
     with pytest.raises(UsageError, match="expert"):
