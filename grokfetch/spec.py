@@ -8,7 +8,7 @@ Every other module (reader, writers, manifest, verify, download selection, smoke
 The order of the table is the official flatten order of the Haiku parameter dict: JAX sorts dict
 keys, so layers appear in lexicographic order of their decimal index (0, 1, 10, 11, ..., 19, 2,
 20, ...). Within a layer the 12 parameters also come in sorted key order (``moe/linear`` first,
-``router`` last); see ``docs/formats.md``.
+``router`` last); see ``docs/checkpoint-format.md``.
 """
 
 from __future__ import annotations

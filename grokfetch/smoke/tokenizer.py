@@ -8,7 +8,7 @@ from grokfetch.checkpoint.reader import TOKENIZER_FILENAME
 from grokfetch.errors import CheckpointError, NotFoundError
 from grokfetch.fsutil import file_sha256
 
-#: sha256 of the released ``tokenizer.model`` (docs/grok1-format.md §1.1).
+#: sha256 of the released ``tokenizer.model`` (`docs/grok1-format.md` §1.1).
 GROK1_TOKENIZER_SHA256 = "5c69d7cbad192fa2c9d14e2a77fbfdc11597c68907b043ddb0260e3d28eddd7f"
 
 
