@@ -20,7 +20,14 @@ import orbax.checkpoint as ocp
 import pytest
 import tensorstore as ts
 from grokfetch.convert.base import ConvertOptions
-from grokfetch.convert.jax_layout import chunk_shape, fit_pspec, param_key, plan_arrays, shard_shape, slot_rule
+from grokfetch.convert.jax_layout import (
+    chunk_shape,
+    fit_pspec,
+    param_key,
+    plan_arrays,
+    shard_shape,
+    slot_rule,
+)
 from grokfetch.convert.jaxstore import DATA_DIR, make_mesh, restore
 from grokfetch.convert.output import STATE_FILENAME
 from grokfetch.convert.run import convert
