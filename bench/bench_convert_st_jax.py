@@ -105,7 +105,7 @@ def run_case(case: str, ckpt: Path, out: Path) -> dict:
         import jax
         import numpy as np
         import orbax.checkpoint as ocp
-        from grokfetch.convert.jax_layout import AXES, RULES, fit_pspec, param_key
+        from grokfetch.convert.jax_layout import AXES, fit_pspec, param_key, slot_rule
         from jax.sharding import NamedSharding, PartitionSpec
 
         mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]).reshape(1, 8), AXES)
@@ -116,7 +116,7 @@ def run_case(case: str, ckpt: Path, out: Path) -> dict:
                 parts = {"weight": tf.weight, "scales": tf.scales} if spec.quantized else {"": tf.weight}
                 leaves = {}
                 for part, arr in parts.items():
-                    ps = fit_pspec(RULES.get(spec.slot.key, ()), arr.shape, sizes)
+                    ps = fit_pspec(slot_rule(spec.slot), arr.shape, sizes)
                     leaves[part] = jax.device_put(arr, NamedSharding(mesh, PartitionSpec(*ps)))
                 tree["params"][param_key(spec)] = leaves if spec.quantized else leaves[""]
         ckptr = ocp.StandardCheckpointer()

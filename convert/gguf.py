@@ -52,7 +52,7 @@ from grokfetch.checkpoint.reader import TOKENIZER_FILENAME
 from grokfetch.errors import UsageError
 from grokfetch.formats.gguf import ARCH, KEY_SCHEME, KEY_SOURCE_EXPERTS, KEY_SOURCE_LAYERS
 from grokfetch.fsutil import file_sha256
-from grokfetch.spec import ModelConfig, TensorSpec
+from grokfetch.spec import ModelConfig, TensorSpec, TensorTable
 
 ALIGN = GGUF_DEFAULT_ALIGNMENT
 
@@ -236,12 +236,11 @@ class GGUFTarget(Target, name="gguf"):
                                                   layer_pos.get(s.layer, -1), s.index))
         plans = []
         n_exp = out.num_experts
+        out_table = TensorTable(out)
         for spec in order:
             li = None if spec.layer is None else layer_pos[spec.layer]
-            name = spec.slot.gguf.format(bid=li) + ".weight"
-            shape = spec.gguf_shape
-            if spec.per_expert or spec.slot.key == "router":  # (E, ...) after --experts
-                shape = (n_exp,) + shape[1:]
+            ospec = out_table.get(spec.slot.key, li)  # renumbered layer, the kept experts
+            name, shape = ospec.gguf_name, ospec.gguf_shape
             qtype = tensor_type(self.scheme, spec, layer=li, n_layers=out.num_layers,
                                 n_experts=n_exp, ne0=shape[-1],
                                 n_gqa=cfg.num_q_heads // cfg.num_kv_heads)

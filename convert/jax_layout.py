@@ -9,9 +9,9 @@ orbax-style tree::
 i.e. ``spec.path`` with ``/`` replaced by ``.`` (of the *output* table: a ``--layers`` subset is
 renumbered from 0), so the on-disk array name is ``params.<dotted path>[.weight|.scales]``.
 
-Partition rules are the official ``TRANSFORMER_PARTITION_RULES``/``LM_PARTITION_RULES`` on a
-``("data", "model")`` mesh; a weight and its scales get the same PartitionSpec (the scales are a
-pytree child of ``QuantizedWeight8bit``). A mesh axis whose size does not divide the dimension
+Partition specs come from each slot's logical axes under the official rules
+(:data:`grokfetch.sharding.OFFICIAL_RULES`) on a ``("data", "model")`` mesh; a weight and its
+scales get the same PartitionSpec (the scales are a pytree child of ``QuantizedWeight8bit``). A mesh axis whose size does not divide the dimension
 (e.g. ``data`` over the size-1 input axis of per-channel scales when ``data > 1``) is dropped for
 that dimension, which is what the release's own shapes need at ``data = 1`` anyway.
 
@@ -31,21 +31,10 @@ import numpy as np
 from grokfetch.checkpoint.reader import BF16
 from grokfetch.errors import UsageError
 from grokfetch.formats.jaxstore import ROOT_KEY, param_key
-from grokfetch.spec import TensorSpec
+from grokfetch.sharding import MESH_AXES, OFFICIAL_RULES, partition
+from grokfetch.spec import Slot, TensorSpec
 
-AXES = ("data", "model")
-#: Partition rule of each slot (weights and scales alike), from the official model.py.
-RULES: dict[str, tuple] = {
-    "attn_q": ("data", "model"),
-    "attn_k": ("data", "model"),
-    "attn_v": ("data", "model"),
-    "attn_o": ("model", "data"),
-    "moe_gate": (None, "data", "model"),
-    "moe_up": (None, "data", "model"),
-    "moe_down": (None, "model", "data"),
-    "router": ("data",),
-    "embed": (None, ("data", "model")),
-}  # norms: replicated
+AXES = MESH_AXES
 DEFAULT_MAX_CHUNK_BYTES = 32 * 1024 * 1024
 
 
@@ -93,6 +82,11 @@ def parse_mesh(mesh: tuple[int, int] | str) -> tuple[int, int]:
     return d, m
 
 
+def slot_rule(slot: Slot) -> tuple:
+    """The partition rule of a slot's weight and scales (official rules, one entry per axis)."""
+    return partition(slot, OFFICIAL_RULES)
+
+
 def _axis_size(entry, mesh: dict[str, int]) -> int:
     if entry is None:
         return 1
@@ -133,7 +127,7 @@ def plan_arrays(specs: list[TensorSpec], out_specs: dict[int, TensorSpec], n_exp
     arrays = []
     for spec in specs:
         ospec = out_specs[spec.index]
-        rule = RULES.get(spec.slot.key, ())
+        rule = slot_rule(spec.slot)
         base = (ROOT_KEY, param_key(ospec))
         parts = [("weight", ospec.shape, np.dtype(np.int8)), ("scales", ospec.scales_shape, BF16)] \
             if spec.quantized else [("float", ospec.shape, np.dtype(np.float32))]
@@ -152,10 +146,9 @@ def source_region(src, plan: ArrayPlan, region: tuple[slice, ...]) -> np.ndarray
     """A contiguous copy of ``region`` of the array, from an opened ``SourceTensor``
     (``--experts`` applied through ``src.experts``)."""
     full = src.weight if plan.part in ("weight", "float") else src.scales
-    if plan.spec.per_expert:
-        es = src.experts[region[0]]
-        return np.ascontiguousarray(np.stack([full[e][region[1:]] for e in es]))
-    if plan.spec.slot.key == "router":
-        cols = src.experts[region[1]]
-        return np.ascontiguousarray(full[region[0]][:, cols])
-    return np.ascontiguousarray(full[region])
+    ax = plan.spec.slot.expert_axis
+    if ax is None:
+        return np.ascontiguousarray(full[region])
+    index: list = list(region)
+    index[ax] = src.experts[region[ax]]  # the kept experts' source indices along the expert axis
+    return np.ascontiguousarray(full[tuple(index)])

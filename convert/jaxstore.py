@@ -40,11 +40,11 @@ import numpy as np
 from grokfetch.convert.base import TENSOR_TASK, OutputFile, OutputItem, Target, pack_by_size
 from grokfetch.convert.jax_layout import (
     AXES,
-    RULES,
     ArrayPlan,
     fit_pspec,
     parse_mesh,
     plan_arrays,
+    slot_rule,
     source_region,
 )
 from grokfetch.convert.ocdbt import Config, Ref, encode_tree, manifest
@@ -263,7 +263,7 @@ def abstract_tree(out: Path, mesh, table: TensorTable | None = None) -> dict[str
         arr = open_array(out, name)
         base, _, part = name.rpartition(".")
         spec = by_key.get(name) or by_key[base]
-        pspec = fit_pspec(RULES.get(spec.slot.key, ()), tuple(arr.shape), sizes)
+        pspec = fit_pspec(slot_rule(spec.slot), tuple(arr.shape), sizes)
         leaf = jax.ShapeDtypeStruct(tuple(arr.shape), arr.dtype.numpy_dtype,
                                     sharding=NamedSharding(mesh, PartitionSpec(*pspec)))
         key = param_key(spec)

@@ -114,8 +114,10 @@ def tensor_type(scheme: Scheme, spec: TensorSpec, *, layer: int | None, n_layers
     Follows ``llama_tensor_get_type`` for the ftypes offered here; ``attn_v`` counts as its
     layer index because tensors are written in layer order.
     """
-    if len(spec.shape) == 1 or spec.slot.key == "router":
-        return T.F32  # norms and the expert router are never quantized
+    # norms, and the expert router, which llama.cpp recognizes by name ("do not quantize expert
+    # gating tensors": ``ffn_gate_inp.weight``), are never quantized
+    if len(spec.shape) == 1 or spec.slot.gguf.endswith("ffn_gate_inp"):
+        return T.F32
     if scheme.is_float:
         return scheme.default
     ft, new = scheme.name, scheme.default

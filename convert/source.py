@@ -65,11 +65,10 @@ class SourceTensor:
         self._tf: TensorFile | None = TensorFile(spec, path)
         ref = self._tf.ref
         self._wref, self._sref = (ref.weight, ref.scales) if isinstance(ref, QW8Ref) else (ref, None)
-        n_exp = spec.shape[0] if spec.per_expert else (spec.shape[-1] if spec.slot.key == "router"
-                                                      else None)
-        self.experts: list[int] | None = None
-        if n_exp is not None:
-            self.experts = list(range(n_exp)) if experts is None else list(experts)
+        ax = spec.slot.expert_axis
+        self.experts: list[int] | None = None  # source experts kept, along the expert axis
+        if ax is not None:
+            self.experts = list(range(spec.shape[ax])) if experts is None else list(experts)
         self.weight = self._tf.weight
         self.scales = self._tf.scales
         problem = scales_problem(self.scales) if self.scales is not None else None
@@ -87,12 +86,11 @@ class SourceTensor:
     @property
     def shape(self) -> tuple[int, ...]:
         """JAX-layout shape after the expert subset."""
-        s = self.spec.shape
-        if self.spec.per_expert:
-            return (len(self.experts),) + s[1:]  # type: ignore[arg-type]
-        if self.spec.slot.key == "router":
-            return s[:-1] + (len(self.experts),)  # type: ignore[arg-type]
-        return s
+        s = list(self.spec.shape)
+        ax = self.spec.slot.expert_axis
+        if ax is not None:
+            s[ax] = len(self.experts)  # type: ignore[arg-type]
+        return tuple(s)
 
     @property
     def transposed_shape(self) -> tuple[int, ...]:
@@ -122,8 +120,10 @@ class SourceTensor:
             s = self.scales[src_e] if self.scales is not None else None
         else:
             w, s = self.weight, self.scales
-        if spec.slot.key == "router" and self.experts != list(range(spec.shape[-1])):
-            w = w[:, self.experts]
+            ax = spec.slot.expert_axis  # the router: keep the selected experts' columns
+            if ax is not None and self.experts != list(range(spec.shape[ax])):
+                w = w.take(self.experts, axis=ax)
+                s = None if s is None else s.take(self.experts, axis=ax)
         if w.ndim == 1:
             out = np.array(w[r0:r1], dtype=np.float32)
         elif not spec.quantized:

@@ -20,7 +20,14 @@ import orbax.checkpoint as ocp
 import pytest
 import tensorstore as ts
 from grokfetch.convert.base import ConvertOptions
-from grokfetch.convert.jax_layout import RULES, chunk_shape, fit_pspec, param_key, plan_arrays, shard_shape
+from grokfetch.convert.jax_layout import (
+    chunk_shape,
+    fit_pspec,
+    param_key,
+    plan_arrays,
+    shard_shape,
+    slot_rule,
+)
 from grokfetch.convert.jaxstore import DATA_DIR, make_mesh, restore
 from grokfetch.convert.output import STATE_FILENAME
 from grokfetch.convert.run import convert
@@ -29,7 +36,7 @@ from progress_doubles import InterruptAfter
 from grokfetch.checkpoint.reader import open_checkpoint
 from grokfetch.errors import UsageError
 from grokfetch.formats.jaxstore import iter_params
-from grokfetch.spec import PRESETS, TensorTable, load_config
+from grokfetch.spec import PRESETS, SLOTS, TensorTable, load_config
 
 #: PartitionSpec of each slot at the official 1x8 mesh, as jax prints it (smoke-notes §3.2).
 OFFICIAL = {
@@ -116,8 +123,9 @@ def test_grok1_plan_uses_the_official_per_device_shapes():
 
 def test_rules_drop_axes_that_do_not_divide():
     mesh = {"data": 2, "model": 8}
-    assert fit_pspec(RULES["attn_q"], (1, 6144), mesh) == (None, "model")  # per-channel scales
-    assert shard_shape((6144, 6144), fit_pspec(RULES["attn_q"], (6144, 6144), mesh), mesh) == (3072, 768)
+    rule = slot_rule(SLOTS["attn_q"])
+    assert fit_pspec(rule, (1, 6144), mesh) == (None, "model")  # per-channel scales
+    assert shard_shape((6144, 6144), fit_pspec(rule, (6144, 6144), mesh), mesh) == (3072, 768)
     assert chunk_shape((8, 6144, 4096), 1, 32 * 2**20) == (1, 6144, 4096)
     assert chunk_shape((131072, 768), 4, 32 * 2**20) == (8192, 768)
 

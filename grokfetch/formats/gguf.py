@@ -214,7 +214,7 @@ def _names(model: GGUFModel, table: TensorTable,
         if spec.layer is not None and spec.layer not in to_block:
             continue
         bid = None if spec.layer is None else to_block[spec.layer]
-        name = spec.slot.gguf.format(bid=bid) + ".weight"
+        name = spec.slot.gguf_name(bid)
         if name not in model.tensors:
             raise CheckpointError(model.paths[0], f"tensor {name} missing")
         yield spec, name

@@ -1,10 +1,11 @@
 """Devices, the (data, model) mesh, partition specs, and the memory preflight from shapes.
 
-The partition rules are the official ones (``TRANSFORMER_PARTITION_RULES``) with the data axis
-of size 1 left out of the weights: q/k/v column-parallel, the attention output and the expert
-down projection row-parallel (their row-block scales split with their rows), gate/up split
-along the FFN columns for every expert, the embedding split along ``emb_size``, norms and
-routers replicated; the KV cache splits its kv heads. Weights and scales share a spec.
+The partition rules are :data:`grokfetch.sharding.SMOKE_RULES` (the official ones with the data
+axis of size 1 left out) applied to each slot's logical axes: q/k/v column-parallel, the
+attention output and the expert down projection row-parallel (their row-block scales split with
+their rows), gate/up split along the FFN columns for every expert, the embedding split along
+``emb_size``, norms and routers replicated; the KV cache splits its kv heads. Weights and scales
+share a spec.
 
 A tensor's *form* says how it sits on the devices: ``"int8"`` (int8 + bf16 scales), ``"dense"``
 (an array in the compute dtype; f32 for the embedding, norms and routers) or a GGML block type
@@ -23,31 +24,22 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from grokfetch.errors import GrokfetchError, UsageError
-from grokfetch.spec import ModelConfig, TensorSpec, TensorTable
+from grokfetch.sharding import (  # noqa: F401  (CACHE_AXES re-exported for the engine)
+    CACHE_AXES,
+    DATA,
+    MODEL,
+    SMOKE_RULES,
+    MeshAxes,
+    partition,
+)
+from grokfetch.spec import SLOTS, ModelConfig, TensorSpec, TensorTable
 
-MODEL = "model"
 #: Where the smoke test runs (``--platform``): real GPUs, or simulated CPU devices.
 PLATFORMS = ("gpu", "cpu")
-DATA = "data"
 
 #: Mesh axis per dimension, for the weight (and its scales) of each slot; None = replicated.
-WEIGHT_AXES: dict[str, tuple[str | None, ...]] = {
-    "embed": (None, MODEL),
-    "final_norm": (None,),
-    "attn_q": (None, MODEL),
-    "attn_k": (None, MODEL),
-    "attn_v": (None, MODEL),
-    "attn_o": (MODEL, None),
-    "moe_gate": (None, None, MODEL),
-    "moe_up": (None, None, MODEL),
-    "moe_down": (None, MODEL, None),
-    "router": (None, None),
-    "norm_attn_in": (None,),
-    "norm_attn_out": (None,),
-    "norm_moe_in": (None,),
-    "norm_moe_out": (None,),
-}
-CACHE_AXES = (None, MODEL, None)  # (S, kv_heads, key_size)
+WEIGHT_AXES: dict[str, tuple[MeshAxes, ...]] = {
+    key: partition(slot, SMOKE_RULES) for key, slot in SLOTS.items()}
 
 
 #: Forms that are not a GGML block type.
