@@ -99,7 +99,8 @@ def run_gguf_py(ckpt: Path, out: Path, quant: str) -> dict:
     out.mkdir(parents=True)
     path = out / "model.gguf"
     w = gguf.GGUFWriter(path, "grok")
-    add_metadata(w, ck.config, target.scheme, target.vocab, target.layer_map(), target.expert_map())
+    add_metadata(w, ck.config, target.scheme, target.vocab, list(target.subset.layers),
+                 list(target.subset.experts))
     for t in target.tensors:
         w.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=t.qtype)
     w.write_header_to_file()

@@ -248,14 +248,6 @@ class Target:
         return {"target": self.name, "options": opts, "layers": _jsonable(self.options.layers),
                 "experts": _jsonable(self.options.experts), "config": self.config.to_json()}
 
-    def layer_map(self) -> list[int]:
-        """Source layer of each output layer (output layer ``i`` is ``layer_map()[i]``)."""
-        return list(self.subset.layers)
-
-    def expert_map(self) -> list[int]:
-        """Source expert of each output expert."""
-        return list(self.subset.experts)
-
 
 def _jsonable(v: Any) -> Any:
     if isinstance(v, Path):

@@ -52,7 +52,7 @@ from grokfetch.checkpoint.reader import TOKENIZER_FILENAME
 from grokfetch.errors import UsageError
 from grokfetch.formats.gguf import ARCH, KEY_SCHEME, KEY_SOURCE_EXPERTS, KEY_SOURCE_LAYERS
 from grokfetch.fsutil import file_sha256
-from grokfetch.spec import ModelConfig, TensorSpec, TensorTable
+from grokfetch.spec import ModelConfig, TensorSpec
 
 ALIGN = GGUF_DEFAULT_ALIGNMENT
 
@@ -229,20 +229,17 @@ class GGUFTarget(Target, name="gguf"):
         self.tokenizer_sha = file_sha256(tok)
 
     def _tensor_plans(self) -> list[TensorPlan]:
-        cfg, out = self.config, self.out_config
-        layer_pos = {src: i for i, src in enumerate(self.layer_map())}
-        order = sorted(self.specs, key=lambda s: (0 if s.slot.key == "embed" else
-                                                  2 if s.layer is None else 1,
-                                                  layer_pos.get(s.layer, -1), s.index))
+        cfg, out, sub = self.config, self.out_config, self.subset
+        # llama.cpp's order: the embedding, the layers, then the other globals
+        order = sorted(sub.model_order(self.specs),
+                       key=lambda s: 0 if s.slot.key == "embed" else 2 if s.layer is None else 1)
         plans = []
-        n_exp = out.num_experts
-        out_table = TensorTable(out)
         for spec in order:
-            li = None if spec.layer is None else layer_pos[spec.layer]
-            ospec = out_table.get(spec.slot.key, li)  # renumbered layer, the kept experts
+            li = sub.out_layer(spec.layer)
+            ospec = sub.out_spec(spec)  # renumbered layer, the kept experts
             name, shape = ospec.gguf_name, ospec.gguf_shape
             qtype = tensor_type(self.scheme, spec, layer=li, n_layers=out.num_layers,
-                                n_experts=n_exp, ne0=shape[-1],
+                                n_experts=out.num_experts, ne0=shape[-1],
                                 n_gqa=cfg.num_q_heads // cfg.num_kv_heads)
             plans.append(TensorPlan(name, shape, qtype, type_nbytes(shape, qtype), spec, li))
         return plans
@@ -278,7 +275,8 @@ class GGUFTarget(Target, name="gguf"):
         return files
 
     def _meta(self, w: GGUFWriter) -> None:
-        add_metadata(w, self.out_config, self.scheme, self.vocab, self.layer_map(), self.expert_map())
+        add_metadata(w, self.out_config, self.scheme, self.vocab, list(self.subset.layers),
+                     list(self.subset.experts))
 
     def _in_bytes(self, spec: TensorSpec) -> int:
         if spec.per_expert:

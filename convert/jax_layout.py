@@ -32,7 +32,7 @@ from grokfetch.checkpoint.reader import BF16
 from grokfetch.errors import UsageError
 from grokfetch.formats.jaxstore import ROOT_KEY, param_key
 from grokfetch.sharding import MESH_AXES, OFFICIAL_RULES, partition
-from grokfetch.spec import Slot, TensorSpec
+from grokfetch.spec import Slot, TableSubset, TensorSpec
 
 AXES = MESH_AXES
 DEFAULT_MAX_CHUNK_BYTES = 32 * 1024 * 1024
@@ -115,18 +115,14 @@ def chunk_shape(shard: tuple[int, ...], itemsize: int, max_bytes: int) -> tuple[
     return tuple(max(1, c) for c in chunk)
 
 
-def plan_arrays(specs: list[TensorSpec], out_specs: dict[int, TensorSpec], n_experts: int,
-                mesh: tuple[int, int], max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES
-                ) -> list[ArrayPlan]:
-    """The arrays of a checkpoint subset, in file order.
-
-    ``out_specs[spec.index]`` is the spec's counterpart in the output table (renumbered layers,
-    ``n_experts`` kept experts), which gives the name and shapes.
-    """
+def plan_arrays(specs: list[TensorSpec], subset: TableSubset, mesh: tuple[int, int],
+                max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES) -> list[ArrayPlan]:
+    """The arrays of source ``specs`` in file order; each spec's counterpart in the output table
+    (``subset.out_spec``: renumbered layers, kept experts) gives the name and shapes."""
     mesh_sizes = dict(zip(AXES, mesh, strict=True))
     arrays = []
     for spec in specs:
-        ospec = out_specs[spec.index]
+        ospec = subset.out_spec(spec)
         rule = slot_rule(spec.slot)
         base = (ROOT_KEY, param_key(ospec))
         parts = [("weight", ospec.shape, np.dtype(np.int8)), ("scales", ospec.scales_shape, BF16)] \

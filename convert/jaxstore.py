@@ -182,9 +182,8 @@ class JaxTarget(Target, name="jax"):
         self.mesh  # noqa: B018 - parses --mesh, raising UsageError
 
     def arrays(self) -> list[ArrayPlan]:
-        out_specs = {s.index: self.subset.out_spec(s) for s in self.specs}
         # chunk shapes are a storage property: fixed, not --chunk-size (which only sizes work)
-        return plan_arrays(self.specs, out_specs, len(self.expert_map()), self.mesh)
+        return plan_arrays(self.specs, self.subset, self.mesh)
 
     def plan(self) -> list[OutputFile]:
         """Data files (chunks in plan order), then the OCDBT index and manifests, then orbax's

@@ -107,8 +107,7 @@ class SafetensorsTarget(Target, name="safetensors"):
             raise UsageError("--shard-size must be positive, e.g. 5GB")
 
     def entries(self) -> list[StEntry]:
-        return plan_entries(self.specs, self.out_config, self.layer_map(), self.expert_map(),
-                            self.options.layout, self.options.dtype)
+        return plan_entries(self.specs, self.subset, self.options.layout, self.options.dtype)
 
     def plan(self) -> list[OutputFile]:
         by_name = {e.name: e for e in self.entries()}

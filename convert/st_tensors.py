@@ -29,7 +29,7 @@ from grokfetch.convert.source import SourceTensor, blocked_transpose
 
 from grokfetch.checkpoint.reader import BF16
 from grokfetch.formats.safetensors import LM_HEAD, scale_name
-from grokfetch.spec import ModelConfig, TensorSpec, TensorTable
+from grokfetch.spec import TableSubset, TensorSpec
 
 LAYOUTS = ("hf", "sglang")
 DTYPES = ("bf16", "int8")
@@ -51,17 +51,14 @@ class StEntry:
         return self.tensor.name
 
 
-def plan_entries(specs: Sequence[TensorSpec], out_config: ModelConfig, layer_map: list[int],
-                 expert_map: list[int], layout: str, dtype: str) -> list[StEntry]:
+def plan_entries(specs: Sequence[TensorSpec], subset: TableSubset, layout: str, dtype: str
+                 ) -> list[StEntry]:
     """All output tensors in model order (embedding, final norm, layer 0, 1, ...; sglang's
-    ``lm_head.weight`` last). ``layer_map[i]``/``expert_map[i]`` is the source of output layer /
-    expert ``i``."""
-    out_table = TensorTable(out_config)
-    specs = sorted(specs, key=lambda s: (-1 if s.layer is None else layer_map.index(s.layer), s.index))
+    ``lm_head.weight`` last); ``subset`` renumbers the kept layers and experts."""
+    specs = subset.model_order(specs)
     entries: list[StEntry] = []
     for spec in specs:
-        out_layer = None if spec.layer is None else layer_map.index(spec.layer)
-        ospec = out_table.get(spec.slot.key, out_layer)
+        ospec = subset.out_spec(spec)
         namer = ospec.hf_name if layout == "hf" else ospec.sglang_name
         if not spec.quantized:
             # the output spec's shape: the router keeps only the selected experts' columns
@@ -69,8 +66,7 @@ def plan_entries(specs: Sequence[TensorSpec], out_config: ModelConfig, layer_map
             continue
         out_shape = spec.transposed_shape[-2:]  # (out, in)
         blocks = spec.scales_shape[-2]  # type: ignore[index]
-        experts = list(enumerate(expert_map)) if spec.per_expert else [(None, None)]
-        for out_e, _src_e in experts:
+        for out_e in range(len(subset.experts)) if spec.per_expert else [None]:
             name = namer(out_e)
             wdtype = "BF16" if dtype == "bf16" else "I8"
             entries.append(StEntry(StTensor(name, wdtype, out_shape), spec, "weight", out_e))

@@ -107,7 +107,7 @@ def test_grok1_plan_uses_the_official_per_device_shapes():
     specs = [table.get(k, 0) for k in ("attn_q", "attn_o", "moe_gate", "moe_down", "router")] + \
         [table.get("embed")]
     plans = {(p.spec.slot.key, p.part): p for p in
-             plan_arrays(specs, {s.index: s for s in specs}, 8, (1, 8))}
+             plan_arrays(specs, table.subset(), (1, 8))}
     assert plans[("attn_q", "weight")].shard == (6144, 768)
     assert plans[("attn_o", "weight")].shard == (768, 6144)
     assert plans[("attn_o", "scales")].shard == (1, 6144)
