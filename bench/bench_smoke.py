@@ -45,7 +45,8 @@ REAL_TOKENIZER = REPO.parent / "shared" / "grok1" / "tokenizer.model"
 
 
 def anchor(args) -> dict:
-    from grokfetch.smoke.mesh import make_mesh, setup_jax
+    from grokfetch.sharding import make_mesh
+    from grokfetch.smoke.mesh import setup_jax
 
     devices = setup_jax("cpu", args.gpus)
     import numpy as np
@@ -65,7 +66,7 @@ def anchor(args) -> dict:
 
         t0 = time.perf_counter()
         forms = layer_signatures(src.table, src.form_fn(args.gpus))
-        eng = Engine(src.table, make_mesh(devices), args.dtype, forms, cache)
+        eng = Engine(src.table, make_mesh(devices=devices), args.dtype, forms, cache)
         eng.compile()
         compile_s = time.perf_counter() - t0
         t0 = time.perf_counter()

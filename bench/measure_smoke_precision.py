@@ -40,7 +40,8 @@ def main() -> None:
     args = ap.parse_args()
     sys.path.insert(0, str(TESTS))
 
-    from grokfetch.smoke.mesh import make_mesh, setup_jax
+    from grokfetch.sharding import make_mesh
+    from grokfetch.smoke.mesh import setup_jax
 
     devices = setup_jax("cpu", args.gpus)
     import numpy as np
@@ -67,7 +68,7 @@ def main() -> None:
         engines = {}
         for key, n, dtype in (("bf16", args.gpus, "bfloat16"), ("f32", args.gpus, "float32"),
                               ("bf16_1", 1, "bfloat16")):
-            eng = Engine(src.table, make_mesh(devices[:n]), dtype, "int8", args.tokens)
+            eng = Engine(src.table, make_mesh(devices=devices[:n]), dtype, "int8", args.tokens)
             eng.compile(("prefill",))
             engines[key] = (eng, load_params(src, eng, cfg.num_layers))
         logits = {k: [e.prefill_logits(p, t) for t in prompts] for k, (e, p) in engines.items()}
@@ -75,7 +76,7 @@ def main() -> None:
         emulated = [ref.forward_bf16(rparams, cfg, t) for t in prompts]
 
         strict, p_strict = engines["bf16"]
-        loose = Engine(src.table, make_mesh(devices[:args.gpus]), "bfloat16", "int8", args.tokens)
+        loose = Engine(src.table, make_mesh(devices=devices[:args.gpus]), "bfloat16", "int8", args.tokens)
         options, model.XLA_OPTIONS = model.XLA_OPTIONS, {}
         try:
             loose.compile(("prefill",))

@@ -230,18 +230,6 @@ class JaxTarget(Target, name="jax"):
 # --- loading an output into JAX (reading is grokfetch.formats.jaxstore) ---------------------
 
 
-def make_mesh(data: int = 1, model: int = 8, devices: list | None = None):
-    """A ``("data", "model")`` mesh over the first ``data × model`` devices."""
-    import jax
-    from jax.sharding import Mesh
-
-    devs = list(devices) if devices is not None else jax.devices()
-    if len(devs) < data * model:
-        raise UsageError(f"a {data}x{model} mesh needs {data * model} devices, "
-                         f"{len(devs)} available")
-    return Mesh(np.array(devs[:data * model]).reshape(data, model), AXES)
-
-
 def abstract_tree(out: Path, mesh, table: TensorTable | None = None) -> dict[str, Any]:
     """The restore target for ``mesh``: ``jax.ShapeDtypeStruct``s with the official partition
     rules fitted to the mesh (``table`` defaults to the output's ``model-config.json``)."""

@@ -19,6 +19,10 @@ A quantized weight and its scales share one spec (the scales are a pytree child 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
+from grokfetch.errors import UsageError
 from grokfetch.spec import Slot
 
 DATA = "data"
@@ -56,3 +60,19 @@ CACHE_AXES: tuple[MeshAxes, ...] = (None, MODEL, None)
 def partition(slot: Slot, rules: dict[str, MeshAxes]) -> tuple[MeshAxes, ...]:
     """Mesh axes of each dimension of ``slot``'s JAX ``(in, out)`` weight under ``rules``."""
     return tuple(rules[axis] for axis in slot.axes)
+
+
+def make_mesh(data: int = 1, model: int | None = None, devices: Sequence[Any] | None = None):
+    """A ``("data", "model")`` ``jax.sharding.Mesh`` with Auto axes over the first
+    ``data × model`` of ``devices`` (default ``jax.devices()``; ``model`` default: all of them
+    over ``data``). Too few devices is a :class:`UsageError`."""
+    import jax
+    import numpy as np
+    from jax.sharding import Mesh
+
+    devs = list(devices) if devices is not None else jax.devices()
+    model = len(devs) // data if model is None else model
+    if data < 1 or model < 1 or len(devs) < data * model:
+        raise UsageError(f"a {data}x{model} mesh needs {data * model} devices, "
+                         f"{len(devs)} available")
+    return Mesh(np.array(devs[:data * model]).reshape(data, model), MESH_AXES)

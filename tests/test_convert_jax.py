@@ -28,7 +28,7 @@ from grokfetch.convert.jax_layout import (
     shard_shape,
     slot_rule,
 )
-from grokfetch.convert.jaxstore import DATA_DIR, make_mesh, restore
+from grokfetch.convert.jaxstore import DATA_DIR, restore
 from grokfetch.convert.output import STATE_FILENAME
 from grokfetch.convert.run import convert
 from progress_doubles import InterruptAfter
@@ -36,6 +36,7 @@ from progress_doubles import InterruptAfter
 from grokfetch.checkpoint.reader import open_checkpoint
 from grokfetch.errors import UsageError
 from grokfetch.formats.jaxstore import iter_params
+from grokfetch.sharding import make_mesh
 from grokfetch.spec import PRESETS, SLOTS, TensorTable, load_config
 
 #: PartitionSpec of each slot at the official 1x8 mesh, as jax prints it (smoke-notes §3.2).

@@ -96,13 +96,14 @@ def test_every_converted_format_gives_the_original_logits(tiny_ckpt, converted):
     """Each format through its own reader, on one shared engine per weight kind (2 devices)."""
     import jax
 
+    from grokfetch.sharding import make_mesh
     from grokfetch.smoke.engine import Engine, layer_signatures
     from grokfetch.smoke.load import load_params, open_source
-    from grokfetch.smoke.mesh import make_mesh, setup_jax
+    from grokfetch.smoke.mesh import setup_jax
     from grokfetch.smoke.run import agreement
 
     setup_jax("cpu", 2)
-    mesh = make_mesh(jax.devices()[:2])
+    mesh = make_mesh(devices=jax.devices()[:2])
     tokens = [5, 100, 200, 300, 17, 42, 99, 7]
     engines: dict[tuple, Engine] = {}
 

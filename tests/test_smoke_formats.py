@@ -46,12 +46,12 @@ def k256(tmp_path_factory):
 
 def _run(src, devices, dtype, forms=None):
     """Compile the prefill programs for ``src`` (its own forms unless given), load, run."""
+    from grokfetch.sharding import make_mesh
     from grokfetch.smoke.engine import Engine, layer_signatures
     from grokfetch.smoke.load import load_params
-    from grokfetch.smoke.mesh import make_mesh
 
     forms = forms or layer_signatures(src.table, src.form_fn(len(devices)))
-    eng = Engine(src.table, make_mesh(devices), dtype, forms, CACHE)
+    eng = Engine(src.table, make_mesh(devices=devices), dtype, forms, CACHE)
     stats = eng.compile(("prefill",))
     params = load_params(src, eng, src.config.num_layers)
     return eng, stats, params, eng.prefill_logits(params, TOKENS)
@@ -115,15 +115,16 @@ def test_preflight_matches_xla_memory_analysis(k256, jax_devices, name):
     """For every format and N: the weights and KV cache the preflight plans per device are the
     arguments XLA's compiled programs take, the analytic temporaries bound XLA's, and the
     loaded arrays hold exactly the planned bytes."""
+    from grokfetch.sharding import make_mesh
     from grokfetch.smoke.engine import Engine, layer_signatures
     from grokfetch.smoke.load import device_bytes_held, load_params, open_source
-    from grokfetch.smoke.mesh import make_mesh, preflight
+    from grokfetch.smoke.mesh import preflight
 
     src = open_source(k256[name])
     cfg, dtype = src.config, "bfloat16"
     for n in (1, 2, 8):
         forms = layer_signatures(src.table, src.form_fn(n))
-        eng = Engine(src.table, make_mesh(jax_devices[:n]), dtype, forms, CACHE)
+        eng = Engine(src.table, make_mesh(devices=jax_devices[:n]), dtype, forms, CACHE)
         stats = eng.compile(("prefill",))
         plan = preflight(src.table, n, None, layers=cfg.num_layers, tokens=CACHE, cache_len=CACHE,
                          forms=src.form_fn(n), compute_dtype=dtype)

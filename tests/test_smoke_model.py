@@ -42,11 +42,11 @@ def tiny_source(tiny_ckpt):
 
 
 def _engine(source, devices, dtype, kinds=("prefill", "decode"), weight_kind="int8"):
+    from grokfetch.sharding import make_mesh
     from grokfetch.smoke.engine import Engine
     from grokfetch.smoke.load import load_params
-    from grokfetch.smoke.mesh import make_mesh
 
-    eng = Engine(source.table, make_mesh(devices), dtype, weight_kind, CACHE)
+    eng = Engine(source.table, make_mesh(devices=devices), dtype, weight_kind, CACHE)
     eng.compile(kinds)
     return eng, load_params(source, eng, source.config.num_layers)
 
@@ -109,11 +109,11 @@ def test_mini_8_experts_matches_reference(mini_ckpt, jax_devices):
 
 def test_first_layers_use_lexicographic_files(tiny_ckpt, tiny_source, jax_devices):
     """--layers 3 reads layer 2 from its own files (not positional file 26-37 = layer 10)."""
+    from grokfetch.sharding import make_mesh
     from grokfetch.smoke.engine import Engine
     from grokfetch.smoke.load import load_params
-    from grokfetch.smoke.mesh import make_mesh
 
-    eng = Engine(tiny_source.table, make_mesh(jax_devices[:2]), "float32", "int8", CACHE)
+    eng = Engine(tiny_source.table, make_mesh(devices=jax_devices[:2]), "float32", "int8", CACHE)
     eng.compile(("prefill",))
     params = load_params(tiny_source, eng, 3)
     got = eng.prefill_logits(params, PROMPT)
@@ -298,11 +298,12 @@ def test_preflight_error_names_the_numbers(tmp_path):
 @pytest.mark.slow
 def test_xla_memory_analysis_of_full_size_grok1(jax_devices):
     """Compile the real-width programs from shapes only (nothing allocated) on 8 devices."""
+    from grokfetch.sharding import make_mesh
     from grokfetch.smoke.engine import Engine
-    from grokfetch.smoke.mesh import make_mesh, preflight
+    from grokfetch.smoke.mesh import preflight
 
     table = TensorTable(preset("grok-1"))
-    eng = Engine(table, make_mesh(jax_devices), "bfloat16", "int8", 16)
+    eng = Engine(table, make_mesh(devices=jax_devices), "bfloat16", "int8", 16)
     stats = eng.compile(("decode",))
     layer = stats["decode/layer"]
     per_layer = sum(s.payload_bytes for s in table if s.layer == 0)
@@ -342,14 +343,14 @@ def test_tokenizer_check(real_tokenizer, tiny_ckpt):
 def test_missing_tensor_file_is_a_checkpoint_error(tmp_path, tiny_ckpt, jax_devices):
     import shutil
 
+    from grokfetch.sharding import make_mesh
     from grokfetch.smoke.engine import Engine
     from grokfetch.smoke.load import load_params, open_source
-    from grokfetch.smoke.mesh import make_mesh
 
     shutil.copytree(tiny_ckpt, tmp_path / "c")
     src = open_source(tmp_path / "c")
     (tmp_path / "c" / "ckpt-0" / src.table.get("moe_down", 1).file).unlink()
-    eng = Engine(src.table, make_mesh(jax_devices[:1]), "float32", "int8", CACHE)
+    eng = Engine(src.table, make_mesh(devices=jax_devices[:1]), "float32", "int8", CACHE)
     with pytest.raises(CheckpointError, match="missing"):
         load_params(src, eng, 2)
 

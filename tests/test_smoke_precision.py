@@ -30,12 +30,13 @@ def run_moe(devices, h: np.ndarray, w: dict, cfg, options=None) -> np.ndarray:
     import jax.numpy as jnp
     from jax.sharding import PartitionSpec as P
 
+    from grokfetch.sharding import make_mesh
     from grokfetch.smoke import model
-    from grokfetch.smoke.mesh import MODEL, WEIGHT_AXES, make_mesh
+    from grokfetch.smoke.mesh import MODEL, WEIGHT_AXES
 
     specs = {slot: {"w": P(*WEIGHT_AXES[slot])} for slot in w}
     fn = jax.shard_map(lambda x, p: model.moe(x, p, cfg, jnp.bfloat16, MODEL),
-                       mesh=make_mesh(devices), in_specs=(P(), specs), out_specs=P())
+                       mesh=make_mesh(devices=devices), in_specs=(P(), specs), out_specs=P())
     x = jnp.asarray(np.asarray(h, np.float32).astype(BF))
     p = {slot: {"w": jnp.asarray(v)} for slot, v in w.items()}
     opts = model.XLA_OPTIONS if options is None else options
@@ -179,16 +180,16 @@ def test_bf16_logits_follow_the_official_bf16_sequence(tmp_path, jax_devices):
     import dataclasses
 
     from grokfetch.checkpoint.fixture import write_fixture
+    from grokfetch.sharding import make_mesh
     from grokfetch.smoke.engine import Engine
     from grokfetch.smoke.load import load_params, open_source
-    from grokfetch.smoke.mesh import make_mesh
 
     cfg = dataclasses.replace(preset("mini"), name="mini-soft", embedding_multiplier_scale=1.0)
     write_fixture(tmp_path / "m", config=cfg, seed=0)
     src = open_source(tmp_path / "m")
     rng = np.random.default_rng(1234)
     prompts = [rng.integers(3, cfg.vocab_size, 16).tolist() for _ in range(8)]
-    eng = Engine(src.table, make_mesh(jax_devices), "bfloat16", "int8", 16)
+    eng = Engine(src.table, make_mesh(devices=jax_devices), "bfloat16", "int8", 16)
     eng.compile(("prefill",))
     params = load_params(src, eng, cfg.num_layers)
     got = [eng.prefill_logits(params, p) for p in prompts]

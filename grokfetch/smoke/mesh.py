@@ -192,14 +192,6 @@ def setup_jax(platform: str, n: int, coordinator: str | None = None, num_process
     return devices[:n]
 
 
-def make_mesh(devices):
-    """A (data=1, model=N) mesh with Auto axes (``jax.make_mesh`` defaults to Explicit)."""
-    import numpy as np
-    from jax.sharding import Mesh
-
-    return Mesh(np.array(devices).reshape(1, len(devices)), (DATA, MODEL))
-
-
 # --- preflight ----------------------------------------------------------------------------------
 
 

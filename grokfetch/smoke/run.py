@@ -30,6 +30,7 @@ import numpy as np
 from grokfetch.checkpoint.reader import TOKENIZER_FILENAME
 from grokfetch.errors import CheckFailed, InsufficientMemoryError, UsageError
 from grokfetch.progress import NULL_PROGRESS, Progress
+from grokfetch.sharding import make_mesh
 from grokfetch.smoke import mesh as meshlib
 from grokfetch.smoke.load import Source, device_bytes_held, load_params, open_source
 from grokfetch.smoke.tokenizer import GROK1_TOKENIZER_SHA256, Tokenizer
@@ -280,7 +281,7 @@ def _run_one(source: Source, opts: SmokeOptions, devices, layers: int, ids: list
         cache_len = engine.cache_len
     _plan(source, opts, n, layers, cache_len, cache_len, device_bytes)
     if not reuse:
-        engine = Engine(source.table, meshlib.make_mesh(devices), opts.dtype, forms, cache_len)
+        engine = Engine(source.table, make_mesh(devices=devices), opts.dtype, forms, cache_len)
         progress.event("status", text=f"compiling for {n} device(s)")
         engine.stats = engine.compile(("prefill",) if seq is not None else ("prefill", "decode"))
     plan = _plan(source, opts, n, layers, cache_len, cache_len, device_bytes,
