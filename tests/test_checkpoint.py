@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 
 from grokfetch.checkpoint.fixture import USER_DEFINED, tensor_values, write_fixture
-from grokfetch.checkpoint.pickle_emit import encode_layout
 from grokfetch.checkpoint.pickle_format import scan
 from grokfetch.checkpoint.reader import BF16, open_checkpoint
 from grokfetch.checkpoint.writer import quantize_int8, write_tensor_file
 from grokfetch.errors import CheckpointError, NotFoundError, OutputExistsError, UnsafePickleError
+from grokfetch.pickle_layout import encode_layout
 from grokfetch.spec import PRESETS, TensorTable
 
 
