@@ -32,8 +32,6 @@ from grokfetch.errors import CheckpointError, NotFoundError
 from grokfetch.fsutil import read_json
 from grokfetch.spec import TensorSpec, TensorTable, load_config
 
-#: The formats :func:`detect_format` tells apart (each one a reader module of this package).
-FORMATS = ("pickle", "gguf", "safetensors", "jaxstore")
 #: Files (at most two folders down) that mark an orbax / tensorstore OCDBT store.
 JAXSTORE_MARKERS = ("_METADATA", "manifest.ocdbt", "_CHECKPOINT_METADATA", "_sharding")
 
@@ -66,7 +64,7 @@ def _has_jaxstore_marker(path: Path) -> bool:
 
 
 def detect_format(path: Path | str, preset: str | None = None) -> tuple[str, Path]:
-    """``(format, root)`` of a checkpoint path, from the files it holds (``preset``: the
+    """``("pickle" | "gguf" | "safetensors" | "jaxstore", root)`` of a checkpoint path, from the files it holds (``preset``: the
     config of a pickle checkpoint without ``model-config.json``). Nothing is parsed but names
     (and, for pickles, the config).
 
