@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from grokfetch.checkpoint import pickle_format as new  # noqa: E402
-from grokfetch.checkpoint.pickle_emit import encode_layout  # noqa: E402
+from grokfetch.pickle_layout import encode_layout  # noqa: E402
 
 
 def load_old(base: str):

@@ -27,9 +27,9 @@ import os
 import time
 from pathlib import Path
 
-import ml_dtypes
 import numpy as np
 
+from grokfetch.checkpoint.dequant import BF16, dequantize
 from grokfetch.checkpoint.pickle_format import QW8Ref
 from grokfetch.checkpoint.reader import Checkpoint, TensorFile, scales_problem
 from grokfetch.errors import CheckpointError, GrokfetchError
@@ -39,7 +39,6 @@ from grokfetch.integrity.torrentfile import load_torrent
 from grokfetch.progress import NULL_PROGRESS, Progress
 from grokfetch.spec import TensorSpec
 
-BF16 = np.dtype(ml_dtypes.bfloat16)
 PAGE = mmap.PAGESIZE
 #: Rows per strip of :func:`blocked_transpose` for the dequantizing path (a float32 product
 #: follows); the safetensors int8 path uses 64 (the fastest of 64-1024 tried there).
@@ -136,21 +135,10 @@ class SourceTensor:
 
     def _dequant_rows(self, w: np.ndarray, s: np.ndarray, r0: int, r1: int,
                       transposed: bool) -> np.ndarray:
-        n_in = w.shape[0]
-        blocks = s.shape[0]  # 1 (per output channel) or scale_row_blocks
         if not transposed:
-            q = w[r0:r1].astype(np.float32)
-            ss = s if blocks == 1 else np.take(s, np.arange(r0, r1) // (n_in // blocks), axis=0)
-            # int8 × bf16 is exact in f32; the bf16 rounding (nearest even) is the reference's.
-            q *= ss.astype(np.float32)
-            return q.astype(BF16)
-        qt = blocked_transpose(w[:, r0:r1])  # (c, in) int8
-        st = np.ascontiguousarray(s[:, r0:r1].T, dtype=np.float32)  # (c, blocks)
-        c = r1 - r0
-        prod = qt.reshape(c, blocks, n_in // blocks).astype(np.float32)
-        del qt
-        prod *= st[:, :, None]  # in place: one float32 chunk alive, not two
-        return prod.reshape(c, n_in).astype(BF16)
+            return dequantize(w[r0:r1], s, start=r0, length=w.shape[0])
+        # transpose the int8 block first (blocked, cache-friendly), then scale it: (c, in) × (c, blocks)
+        return dequantize(blocked_transpose(w[:, r0:r1]), s[:, r0:r1].T, axis=-1)
 
     def release(self, expert: int | None = None) -> None:
         """Drop the mapped pages of one kept expert (or the whole tensor) from memory."""

@@ -27,7 +27,7 @@ import numpy as np
 from grokfetch.convert.safetensors_header import StTensor
 from grokfetch.convert.source import SourceTensor, blocked_transpose
 
-from grokfetch.checkpoint.reader import BF16
+from grokfetch.checkpoint.dequant import dequantize
 from grokfetch.formats.safetensors import LM_HEAD, scale_name
 from grokfetch.spec import TableSubset, TensorSpec
 
@@ -80,19 +80,6 @@ def plan_entries(specs: Sequence[TensorSpec], subset: TableSubset, layout: str, 
     return entries
 
 
-def dequantize_t(q_t: np.ndarray, s_t: np.ndarray) -> np.ndarray:
-    """bf16 of ``q_t × scale`` for a transposed block: ``q_t`` int8 (c, in), ``s_t`` (c, blocks).
-
-    The int8 × bf16 product is exact in float32; rounding it to bf16 (nearest even) is exactly
-    what ``TensorFile.dequantize`` and the JAX reference compute.
-    """
-    c, n_in = q_t.shape
-    blocks = s_t.shape[1]
-    prod = q_t.reshape(c, blocks, n_in // blocks).astype(np.float32)
-    prod *= s_t.astype(np.float32)[:, :, None]
-    return prod.astype(BF16).reshape(c, n_in)
-
-
 def entry_chunks(entry: StEntry, src: SourceTensor, chunk_bytes: int, workers: int = 1
                  ) -> Iterator[np.ndarray]:
     """The entry's values in C order, as consecutive blocks of output rows.
@@ -127,7 +114,6 @@ def _chunk_jobs(entry: StEntry, src: SourceTensor, chunk_bytes: int) -> list:
 
     def block(c0: int) -> np.ndarray:
         q_t = blocked_transpose(w[:, c0:c0 + cols], block=TRANSPOSE_STRIP)
-        return q_t if int8 else dequantize_t(
-            q_t, blocked_transpose(s[:, c0:c0 + cols], block=TRANSPOSE_STRIP))
+        return q_t if int8 else dequantize(q_t, s[:, c0:c0 + cols].T, axis=-1)
 
     return [lambda c0=c0: block(c0) for c0 in range(0, n_out, cols)]

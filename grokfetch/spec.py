@@ -33,6 +33,7 @@ from grokfetch.config import (  # noqa: F401  (re-exported: the table's users re
     preset,
 )
 from grokfetch.errors import UsageError
+from grokfetch.pickle_layout import predicted_file_bytes
 
 # --- the per-layer slot pattern -------------------------------------------------------------
 
@@ -252,8 +253,6 @@ class TensorTable:
     """All checkpoint files of a config, in official flatten (= file index) order."""
 
     def __init__(self, config: ModelConfig):
-        from grokfetch.checkpoint.pickle_emit import predicted_file_bytes
-
         self.config = config
         rows: list[TensorSpec] = []
 

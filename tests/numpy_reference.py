@@ -3,8 +3,9 @@
 It shares nothing with ``grokfetch.smoke``: no cache, no sharding, every head and expert in a
 plain loop, the whole sequence at once. File indices come from the format doc's own formula
 (``base(L) = 2 + 12 · rank(str(L))`` with the 12 slots in sorted Haiku-key order), not from the
-tensor table, so a layer-mapping bug in the table or the loader cannot hide here. Only the file
-decoding (``TensorFile.dequantize``: the bit-exact bf16(int8 × scale)) is shared.
+tensor table, so a layer-mapping bug in the table or the loader cannot hide here. The int8 ×
+scale product is its own too (:func:`dequantize`, from §2.4); only the pickle decoding (the
+reader's views of the stored int8 weight, bf16 scales and float32 arrays) is shared.
 """
 
 from __future__ import annotations
@@ -26,6 +27,16 @@ def file_index(layer: int, slot: str, num_layers: int) -> int:
     return 2 + 12 * rank + OFFSETS[slot]
 
 
+def dequantize(q: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """bf16(q × scale) for int8 weights in the stored (in, out) layout (experts leading), §2.4:
+    input row ``i`` of a matrix whose scales hold ``blocks`` rows takes scale row
+    ``i // (in / blocks)`` (1 block: one scale per output channel). The product is formed in
+    float64 and rounded once to bf16, as the reference's bf16 multiply of two bf16 values does."""
+    rows, blocks = q.shape[-2], scales.shape[-2]
+    s = np.repeat(np.asarray(scales, np.float64), rows // blocks, axis=-2)
+    return (np.asarray(q, np.float64) * s).astype(ml_dtypes.bfloat16)
+
+
 def load(path, layers: int | None = None) -> tuple[dict, object]:
     """float64 parameters of the first ``layers`` layers, read by the doc's file indices."""
     ck = open_checkpoint(path)
@@ -34,7 +45,9 @@ def load(path, layers: int | None = None) -> tuple[dict, object]:
 
     def read(index: int) -> np.ndarray:
         with ck.open(ck.table[index]) as tf:
-            return tf.dequantize(dtype=np.float32).astype(np.float64)
+            if tf.scales is None:
+                return np.array(tf.weight, np.float64)
+            return dequantize(tf.weight, tf.scales).astype(np.float64)
 
     params = {"embed": read(0), "final_norm": read(1), "layers": []}
     for layer in range(n):

@@ -15,13 +15,15 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 import pytest
+from numpy_reference import dequantize as ref_dequantize
 
+from grokfetch.checkpoint.dequant import dequantize
 from grokfetch.checkpoint.fixture import USER_DEFINED, tensor_values, write_fixture
-from grokfetch.checkpoint.pickle_emit import encode_layout
 from grokfetch.checkpoint.pickle_format import scan
 from grokfetch.checkpoint.reader import BF16, open_checkpoint
 from grokfetch.checkpoint.writer import quantize_int8, write_tensor_file
 from grokfetch.errors import CheckpointError, NotFoundError, OutputExistsError, UnsafePickleError
+from grokfetch.pickle_layout import encode_layout
 from grokfetch.spec import PRESETS, TensorTable
 
 
@@ -122,6 +124,34 @@ def test_dequantize_matches_jax_reference(tiny_ckpt):
             if tf.spec.per_expert:
                 np.testing.assert_array_equal(tf.dequantize(expert=1, rows=rows).view(np.uint16),
                                               full[1, rows].view(np.uint16))
+
+
+@pytest.mark.parametrize("slot", ["moe_down", "moe_gate", "attn_o", "attn_k"])
+def test_dequantize_matches_numpy_reference_any_slice_either_orientation(tiny_ckpt, slot):
+    """The one dequantization (reader, converters) against the test suite's own float64 one:
+    row-block and per-channel scales, (in, out) and transposed (out, in), whole and partial
+    blocks, slices starting and ending inside a block."""
+    ck = open_checkpoint(tiny_ckpt)
+    with ck.open(ck.table.get(slot, 1)) as tf:
+        q, s = tf.weight, tf.scales
+        ref = ref_dequantize(q, s).view(np.uint16)
+        assert np.array_equal(tf.dequantize().view(np.uint16), ref)
+        n, blocks = q.shape[-2], s.shape[-2]
+        block = n // blocks
+        q_t, s_t, ref_t = (np.swapaxes(a, -1, -2) for a in (q, s, ref))
+        for start, stop in ((0, n), (block, n), (3, n - 5), (block - 1, block + 1), (n - 1, n),
+                            (2, 2)):
+            got = dequantize(q[..., start:stop, :], s, start=start, length=n)
+            assert got.dtype == BF16 and np.array_equal(got.view(np.uint16), ref[..., start:stop, :])
+            got_t = dequantize(q_t[..., start:stop], s_t, axis=-1, start=start, length=n)
+            assert np.array_equal(got_t.view(np.uint16), ref_t[..., start:stop])
+        with pytest.raises(ValueError):  # the slice runs past the axis
+            dequantize(q, s, start=1, length=n)
+        with pytest.raises(ValueError):  # scales without their block axis
+            dequantize(q, s[..., 0, :])
+        if blocks > 1:
+            with pytest.raises(ValueError):  # blocks that do not divide the axis
+                dequantize(q[..., 1:, :], s)
 
 
 def test_quantize_int8_layouts():

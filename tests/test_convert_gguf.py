@@ -25,7 +25,7 @@ from grokfetch.convert.run import convert
 
 from grokfetch.checkpoint.reader import open_checkpoint
 from grokfetch.errors import CheckpointError, UsageError
-from grokfetch.formats.gguf import GGUFModel, iter_params
+from grokfetch.formats.gguf import GGUFModel, iter_tensors
 from grokfetch.integrity.manifest import MANIFEST_NAME, build_manifest
 from grokfetch.spec import GROK_1, ModelConfig, TensorTable
 
@@ -57,7 +57,7 @@ def tiny_bf16(tiny_ckpt, tmp_path_factory) -> Path:
 def test_bf16_is_bit_exact_against_the_reader(tiny_ckpt, tiny_bf16):
     ck = open_checkpoint(tiny_ckpt)
     seen = 0
-    for spec, arr, extra in iter_params(tiny_bf16.parent, ck.table):
+    for spec, arr, extra in iter_tensors(tiny_bf16.parent, ck.table):
         assert extra is None
         with ck.open(spec) as tf:
             ref = tf.dequantize()
@@ -321,7 +321,7 @@ def test_layer_and_expert_subset(tiny_ckpt, tmp_path):
     ck = open_checkpoint(tiny_ckpt)
     sub_cfg = ModelConfig.from_json(json.loads((out / "model-config.json").read_text()))
     assert (sub_cfg.num_layers, sub_cfg.num_experts) == (2, 2)
-    got = {(s.layer, s.slot.key): a for s, a, _ in iter_params(out, TensorTable(sub_cfg))}
+    got = {(s.layer, s.slot.key): a for s, a, _ in iter_tensors(out, TensorTable(sub_cfg))}
     assert len(got) == 2 + 2 * 12
     with ck.open(ck.table.get("moe_down", 10)) as tf:
         ref = tf.dequantize()
@@ -329,7 +329,7 @@ def test_layer_and_expert_subset(tiny_ckpt, tmp_path):
     with ck.open(ck.table.get("router", 3)) as tf:
         assert np.array_equal(got[(0, "router")], np.array(tf.weight)[:, [1, 3]])
     # a full-model table works too: the source layers come back under their own numbers
-    full = {(s.layer, s.slot.key) for s, _, _ in iter_params(out, ck.table)}
+    full = {(s.layer, s.slot.key) for s, _, _ in iter_tensors(out, ck.table)}
     assert {k[0] for k in full} == {None, 3, 10}
 
 

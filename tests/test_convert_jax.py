@@ -35,7 +35,7 @@ from progress_doubles import InterruptAfter
 
 from grokfetch.checkpoint.reader import open_checkpoint
 from grokfetch.errors import UsageError
-from grokfetch.formats.jaxstore import iter_params
+from grokfetch.formats.jaxstore import iter_tensors
 from grokfetch.sharding import make_mesh
 from grokfetch.spec import PRESETS, SLOTS, TensorTable, load_config
 
@@ -157,10 +157,10 @@ def test_mesh_option_changes_the_recorded_sharding(tiny_ckpt, tmp_path):
     assert o.addressable_shards[0].data.shape == (o.shape[0] // 4, o.shape[1] // 2)
 
 
-def test_iter_params_reads_with_tensorstore(jax_out, tiny_ckpt):
+def test_iter_tensors_reads_with_tensorstore(jax_out, tiny_ckpt):
     ckpt = open_checkpoint(tiny_ckpt)
     n = 0
-    for spec, w, s in iter_params(jax_out, TensorTable(load_config(jax_out))):
+    for spec, w, s in iter_tensors(jax_out, TensorTable(load_config(jax_out))):
         n += 1
         with ckpt.open(ckpt.table[spec.index]) as tf:
             assert np.array_equal(w, tf.weight)

@@ -21,7 +21,7 @@ from safetensors import safe_open
 
 from grokfetch.checkpoint.reader import BF16, open_checkpoint
 from grokfetch.errors import CheckpointError, OutputExistsError, UsageError
-from grokfetch.formats.safetensors import INDEX_NAME, iter_params, lm_head
+from grokfetch.formats.safetensors import INDEX_NAME, iter_tensors, lm_head
 from grokfetch.spec import PRESETS, TensorTable, load_config
 
 SHARD = 600_000  # a few shards for the ~8 MB tiny bf16 export
@@ -218,11 +218,11 @@ def test_sglang_layout_names_and_lm_head(outputs, tiny_ckpt):
 
 
 @pytest.mark.parametrize("key", [("hf", "int8"), ("sglang", "bf16")])
-def test_iter_params_gives_jax_layout(outputs, tiny_ckpt, key):
+def test_iter_tensors_gives_jax_layout(outputs, tiny_ckpt, key):
     out = outputs[key]
     ckpt = open_checkpoint(tiny_ckpt)
     seen = 0
-    for spec, w, s in iter_params(out, TensorTable(load_config(out))):
+    for spec, w, s in iter_tensors(out, TensorTable(load_config(out))):
         seen += 1
         with ckpt.open(ckpt.table[spec.index]) as tf:
             assert w.shape == spec.shape
@@ -290,7 +290,7 @@ def test_index_naming_files_outside_the_output_is_refused(outputs, tmp_path, sha
     index["weight_map"] = {k: shard for k in index["weight_map"]}
     (out / INDEX_NAME).write_text(json.dumps(index))
     table = TensorTable(load_config(src))
-    for read in (lambda: list(iter_params(out, table)), lambda: lm_head(out)):
+    for read in (lambda: list(iter_tensors(out, table)), lambda: lm_head(out)):
         with pytest.raises(CheckpointError, match="bad index") as ei:
             read()
         assert shard in str(ei.value) and "\n" not in str(ei.value)

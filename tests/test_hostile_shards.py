@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 from hostile_corpus import corpus
 
-from grokfetch.checkpoint.pickle_format import MAX_STACK, scan
+from grokfetch.checkpoint.pickle_format import scan
+from grokfetch.checkpoint.pickle_nodes import MAX_STACK
 from grokfetch.checkpoint.reader import open_checkpoint
 from grokfetch.errors import CheckpointError, brief
 

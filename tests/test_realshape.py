@@ -8,10 +8,10 @@ import sys
 import numpy as np
 import pytest
 
-from grokfetch.checkpoint.pickle_emit import encode_layout
 from grokfetch.checkpoint.reader import BF16, open_checkpoint
 from grokfetch.checkpoint.realshape import padded_tokenizer, real_layer_specs, write_real_layers
 from grokfetch.errors import OutputExistsError, UsageError
+from grokfetch.pickle_layout import encode_layout
 from grokfetch.spec import GROK_1, PRESETS, TensorTable
 
 

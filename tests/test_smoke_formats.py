@@ -59,13 +59,13 @@ def _run(src, devices, dtype, forms=None):
 
 def _host_dense(path):
     """The GGUF as the old smoke read it: gguf-py dequantizes every tensor on the host."""
-    from grokfetch.formats.gguf import iter_params, open_gguf
+    from grokfetch.formats.gguf import iter_tensors, open_gguf
     from grokfetch.smoke.load import Source, open_source
 
     src = open_source(path)
     model = open_gguf(path)
     return Source("gguf", src.root, src.config, src.table, None, False,
-                  lambda specs: iter_params(model, src.table, specs))
+                  lambda specs: iter_tensors(model, src.table, specs))
 
 
 @pytest.mark.parametrize("n", [2, 8])

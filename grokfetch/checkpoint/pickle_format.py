@@ -4,14 +4,15 @@ A tensor file is one protocol-4 pickle written by numpy 1.26's ``pickle.dump``: 
 ``ndarray`` (float32) or a ``__main__.QuantizedWeight8bit`` whose state dict holds ``weight``
 (int8) and ``scales`` (``ml_dtypes.bfloat16``). Arrays are rebuilt through
 ``numpy.core.multiarray._reconstruct`` + BUILD with the raw bytes in one BINBYTES payload.
-(``pickle_emit`` writes exactly these bytes.)
+(:mod:`grokfetch.pickle_layout` emits exactly these bytes.)
 
 The scanner never runs the unpickler: it walks the opcodes, allows only the handful of opcodes,
 globals and object kinds such a file holds, evaluates the stack symbolically and returns where
 each payload lies, so a 1.6 GB expert tensor is memory-mapped, never copied. Its work is bounded
-by the header, never by the payload or by what the file asks for: at most :data:`MAX_OPS`
-opcodes, :data:`MAX_MEMO` memo slots, :data:`MAX_STACK` stack entries, :data:`MAX_DEPTH` levels
-of nesting, short strings and small integers. It never hashes, compares or formats an object the
+by the header, never by the payload or by what the file asks for (the bounds, the allow-list
+and the stack's node types are :mod:`grokfetch.checkpoint.pickle_nodes`): at most
+:data:`MAX_OPS` opcodes, :data:`MAX_MEMO` memo slots, :data:`MAX_STACK` stack entries,
+:data:`MAX_DEPTH` levels of nesting, short strings and small integers. It never hashes, compares or formats an object the
 file built (only its own node types and bounded strings). Anything else raises
 :class:`UnsafePickleError` (a forbidden opcode or global) or :class:`CheckpointError` (a
 malformed or out-of-bounds structure), naming the byte offset.
@@ -23,37 +24,30 @@ import struct
 from dataclasses import dataclass
 from typing import Union
 
-QW8_CLASS = ("__main__", "QuantizedWeight8bit")
+from grokfetch.checkpoint.pickle_nodes import (
+    ALLOWED_GLOBALS,
+    MARK,
+    MAX_DEPTH,
+    MAX_DIM,
+    MAX_INT_BYTES,
+    MAX_MEMO,
+    MAX_NDIM,
+    MAX_OPS,
+    MAX_PAYLOADS,
+    MAX_STACK,
+    MAX_STR,
+    CallNode,
+    DictNode,
+    GlobalNode,
+    Mark,
+    PayloadNode,
+    TupleNode,
+    depth_of,
+    safe_text,
+)
+from grokfetch.pickle_layout import DTYPES
 
-#: dtype descriptors as numpy pickles them: (dtype arg or None for a type global, byte order,
-#: state tail (elsize, alignment, flags), itemsize)
-DTYPES = {
-    "float32": ("f4", "<", (-1, -1, 0), 4),
-    "int8": ("i1", "|", (-1, -1, 0), 1),
-    "bfloat16": (None, "<", (2, 2, 64), 2),
-}
-ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"): "reconstruct",
-    ("numpy._core.multiarray", "_reconstruct"): "reconstruct",
-    ("numpy", "ndarray"): "ndarray",
-    ("numpy", "dtype"): "dtype",
-    ("ml_dtypes", "bfloat16"): "bfloat16",
-    ("ml_dtypes._ml_dtypes_ext", "bfloat16"): "bfloat16",
-    QW8_CLASS: "qw8",
-}
 _DTYPE_CODES = {"f4": "float32", "<f4": "float32", "i1": "int8", "|i1": "int8"}
-
-#: Bounds on the work one header may cause (a real file needs ~130 opcodes, ~40 memo slots,
-#: nesting 4, strings under 40 bytes, integers under 2**40).
-MAX_OPS = 1024
-MAX_MEMO = 256
-MAX_STACK = 128
-MAX_DEPTH = 8
-MAX_STR = 256
-MAX_INT_BYTES = 8
-MAX_NDIM = 8
-MAX_DIM = 1 << 40
-MAX_PAYLOADS = 4
 
 
 @dataclass(frozen=True)
@@ -73,55 +67,6 @@ class QW8Ref:
 
 
 TensorRef = Union[ArrayRef, QW8Ref]
-
-
-class _Mark:
-    depth = 0
-
-
-_MARK = _Mark()
-
-
-class _Global:
-    depth = 0
-
-    def __init__(self, kind: str):
-        self.kind = kind
-
-
-class _Tuple:
-    def __init__(self, items: tuple):
-        self.items = items
-        self.depth = 1 + max((_depth(x) for x in items), default=0)
-
-
-class _Dict:
-    depth = 1
-
-    def __init__(self) -> None:
-        self.items: dict[str, object] = {}
-
-
-class _Call:
-    def __init__(self, func: _Global, args: _Tuple):
-        self.func, self.args, self.state = func, args, None
-        self.depth = args.depth + 1
-
-
-class _Payload:
-    depth = 0
-
-    def __init__(self, offset: int, nbytes: int):
-        self.offset, self.nbytes = offset, nbytes
-
-
-def _depth(obj: object) -> int:
-    return getattr(obj, "depth", 0)
-
-
-def _text(s: str) -> str:
-    """A file-supplied name made safe to print: short and ASCII."""
-    return ascii(s[:60])[1:-1]
 
 
 _SIMPLE = {0x89: False, 0x88: True, 0x4E: None}  # NEWFALSE, NEWTRUE, NONE
@@ -174,14 +119,14 @@ class _Scanner:
             raise self.bad(f"string of {size} bytes (at most {MAX_STR})")
         return self.take(size).decode("utf-8", "replace")
 
-    def payload(self, size: int) -> _Payload:
+    def payload(self, size: int) -> PayloadNode:
         if self.pos + size > self.n:
             raise self.bad("truncated payload", expected=f"{self.pos + size} bytes",
                            actual=f"{self.n} bytes")
         self.payloads += 1
         if self.payloads > MAX_PAYLOADS:
             raise self.bad(f"more than {MAX_PAYLOADS} byte payloads")
-        out = _Payload(self.pos, size)
+        out = PayloadNode(self.pos, size)
         self.pos += size
         return out
 
@@ -203,16 +148,16 @@ class _Scanner:
 
     def pop_mark(self) -> list:
         for i in range(len(self.stack) - 1, -1, -1):
-            if self.stack[i] is _MARK:
+            if self.stack[i] is MARK:
                 items = self.stack[i + 1:]
                 del self.stack[i:]
                 return items
         raise self.bad("malformed pickle (no MARK)")
 
-    def tuple_of(self, items: list) -> _Tuple:
-        if any(x is _MARK or isinstance(x, _Dict) for x in items):
+    def tuple_of(self, items: list) -> TupleNode:
+        if any(x is MARK or isinstance(x, DictNode) for x in items):
             raise self.bad("malformed pickle (MARK or dict inside a tuple)")
-        t = _Tuple(tuple(items))
+        t = TupleNode(tuple(items))
         if t.depth > MAX_DEPTH:
             raise self.bad(f"nesting deeper than {MAX_DEPTH}")
         return t
@@ -281,9 +226,9 @@ class _Scanner:
                 raise self.bad("malformed pickle (memo slot unset)")
             self.push(self.memo[index])
         elif op == 0x28:  # MARK
-            self.push(_MARK)
+            self.push(MARK)
         elif op == 0x29:  # EMPTY_TUPLE
-            self.push(_Tuple(()))
+            self.push(TupleNode(()))
         elif op in (0x85, 0x86, 0x87):  # TUPLE1..3
             k = op - 0x84
             if len(self.stack) < k:
@@ -294,7 +239,7 @@ class _Scanner:
         elif op == 0x74:  # TUPLE
             self.push(self.tuple_of(self.pop_mark()))
         elif op == 0x7D:  # EMPTY_DICT
-            self.push(_Dict())
+            self.push(DictNode())
         elif op == 0x75:  # SETITEMS
             self.setitems()
         elif op == 0x93:  # STACK_GLOBAL
@@ -302,25 +247,25 @@ class _Scanner:
             if not (isinstance(module, str) and isinstance(name, str)):
                 raise self.unsafe("STACK_GLOBAL of a non-string")
             if (module, name) not in ALLOWED_GLOBALS:
-                raise self.unsafe(f"global {_text(module)}.{_text(name)}")
-            self.push(_Global(ALLOWED_GLOBALS[(module, name)]))
+                raise self.unsafe(f"global {safe_text(module)}.{safe_text(name)}")
+            self.push(GlobalNode(ALLOWED_GLOBALS[(module, name)]))
         elif op == 0x52:  # REDUCE: only allow-listed callables, evaluated symbolically
             args, func = self.pop(), self.pop()
-            if not (isinstance(func, _Global) and func.kind in ("reconstruct", "dtype")
-                    and isinstance(args, _Tuple)):
+            if not (isinstance(func, GlobalNode) and func.kind in ("reconstruct", "dtype")
+                    and isinstance(args, TupleNode)):
                 raise self.unsafe("REDUCE of a non-allowed callable")
-            self.push(_Call(func, args))
+            self.push(CallNode(func, args))
         elif op == 0x81:  # NEWOBJ
             args, cls = self.pop(), self.pop()
-            if not (isinstance(cls, _Global) and cls.kind == "qw8" and isinstance(args, _Tuple)
+            if not (isinstance(cls, GlobalNode) and cls.kind == "qw8" and isinstance(args, TupleNode)
                     and not args.items):
                 raise self.unsafe("NEWOBJ of a non-allowed class")
-            self.push(_Call(cls, args))
+            self.push(CallNode(cls, args))
         elif op == 0x62:  # BUILD
             state, obj = self.pop(), self.top()
-            if not isinstance(obj, _Call) or obj.state is not None:
+            if not isinstance(obj, CallNode) or obj.state is not None:
                 raise self.unsafe("BUILD on a non-allowed object")
-            if state is obj or _depth(state) > MAX_DEPTH:
+            if state is obj or depth_of(state) > MAX_DEPTH:
                 raise self.bad("malformed pickle (BUILD state)")
             obj.state = state
         else:
@@ -329,10 +274,10 @@ class _Scanner:
     def setitems(self) -> None:
         items = self.pop_mark()
         target = self.top()
-        if not isinstance(target, _Dict) or len(items) % 2 or len(target.items) + len(items) > 8:
+        if not isinstance(target, DictNode) or len(items) % 2 or len(target.items) + len(items) > 8:
             raise self.bad("malformed pickle (SETITEMS)")
         for k, v in zip(items[::2], items[1::2], strict=True):
-            if not isinstance(k, str) or isinstance(v, (_Dict, _Mark)):
+            if not isinstance(k, str) or isinstance(v, (DictNode, Mark)):
                 raise self.bad("malformed pickle (SETITEMS key or value)")
             target.items[k] = v
 
@@ -353,9 +298,9 @@ def scan(buf, path: str) -> TensorRef:
 def _interpret(obj: object, path: str) -> TensorRef:
     from grokfetch.errors import CheckpointError
 
-    if isinstance(obj, _Call) and obj.func.kind == "qw8":
+    if isinstance(obj, CallNode) and obj.func.kind == "qw8":
         state = obj.state
-        if not isinstance(state, _Dict) or set(state.items) != {"weight", "scales"}:
+        if not isinstance(state, DictNode) or set(state.items) != {"weight", "scales"}:
             raise CheckpointError(path, "QuantizedWeight8bit without weight and scales")
         return QW8Ref(_array(state.items["weight"], path), _array(state.items["scales"], path))
     return _array(obj, path)
@@ -365,7 +310,7 @@ def _shape(obj: object, path: str) -> tuple[int, ...]:
     """The shape tuple, refused before any arithmetic when it is absurd."""
     from grokfetch.errors import CheckpointError
 
-    if not isinstance(obj, _Tuple) or len(obj.items) > MAX_NDIM:
+    if not isinstance(obj, TupleNode) or len(obj.items) > MAX_NDIM:
         raise CheckpointError(path, f"array shape is not a tuple of at most {MAX_NDIM} sizes")
     dims = obj.items
     if not all(type(d) is int and 0 <= d < MAX_DIM for d in dims):
@@ -377,10 +322,10 @@ def _array(obj: object, path: str) -> ArrayRef:
     from grokfetch.errors import CheckpointError
 
     bad = CheckpointError(path, "not a numpy array reconstruction")
-    if not (isinstance(obj, _Call) and obj.func.kind == "reconstruct" and len(obj.args.items) == 3):
+    if not (isinstance(obj, CallNode) and obj.func.kind == "reconstruct" and len(obj.args.items) == 3):
         raise bad
     cls = obj.args.items[0]
-    if not (isinstance(cls, _Global) and cls.kind == "ndarray") or not isinstance(obj.state, _Tuple):
+    if not (isinstance(cls, GlobalNode) and cls.kind == "ndarray") or not isinstance(obj.state, TupleNode):
         raise bad
     if len(obj.state.items) != 5:
         raise bad
@@ -388,21 +333,21 @@ def _array(obj: object, path: str) -> ArrayRef:
     shape = _shape(shape_obj, path)
     if fortran is not False:
         raise CheckpointError(path, "Fortran-ordered array")
-    if not (isinstance(dtype, _Call) and dtype.func.kind == "dtype" and dtype.args.items):
+    if not (isinstance(dtype, CallNode) and dtype.func.kind == "dtype" and dtype.args.items):
         raise bad
     spec = dtype.args.items[0]
-    if isinstance(spec, _Global) and spec.kind == "bfloat16":
+    if isinstance(spec, GlobalNode) and spec.kind == "bfloat16":
         name = "bfloat16"
     elif isinstance(spec, str) and spec in _DTYPE_CODES:
         name = _DTYPE_CODES[spec]
     else:
         raise CheckpointError(path, "unsupported dtype", expected="float32, int8 or bfloat16",
-                              actual=_text(spec) if isinstance(spec, str) else "other")
+                              actual=safe_text(spec) if isinstance(spec, str) else "other")
     dstate = dtype.state
-    order = dstate.items[1] if isinstance(dstate, _Tuple) and len(dstate.items) > 1 else None
+    order = dstate.items[1] if isinstance(dstate, TupleNode) and len(dstate.items) > 1 else None
     if order == ">":
         raise CheckpointError(path, "big-endian array")
-    if not isinstance(data, _Payload):
+    if not isinstance(data, PayloadNode):
         raise CheckpointError(path, "array data is not a raw byte payload")
     expected = DTYPES[name][3]
     for d in shape:

@@ -4,7 +4,8 @@
 ``model-config.json`` or a preset) and the tokenizer, and returns a :class:`Checkpoint`.
 Each :class:`TensorFile` is checked against its :class:`~grokfetch.spec.TensorSpec` when
 opened (safe opcode scan, shapes, dtypes) and gives zero-copy views of the int8 weight and bf16
-scales, or dequantized chunks. Nothing here calls ``pickle.load``.
+scales, or dequantized chunks (:mod:`grokfetch.checkpoint.dequant`). Nothing here calls
+``pickle.load``.
 """
 
 from __future__ import annotations
@@ -15,15 +16,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import ml_dtypes
 import numpy as np
 
+from grokfetch.checkpoint.dequant import BF16, dequantize
 from grokfetch.checkpoint.pickle_format import ArrayRef, QW8Ref, TensorRef, scan
 from grokfetch.errors import CheckpointError, NotFoundError
 from grokfetch.fsutil import has_holes
 from grokfetch.spec import TENSOR_DIR, ModelConfig, TensorSpec, TensorTable, load_config
 
-BF16 = np.dtype(ml_dtypes.bfloat16)
 _NP_DTYPES = {"float32": np.dtype(np.float32), "int8": np.dtype(np.int8), "bfloat16": BF16}
 TOKENIZER_FILENAME = "tokenizer.model"
 
@@ -134,7 +134,8 @@ class TensorFile:
 
     def dequantize(self, rows: slice | None = None, expert: int | None = None,
                    dtype: np.dtype | type = BF16) -> np.ndarray:
-        """The effective weight ``bf16(int8 × scale)``, bit-exact with the JAX reference.
+        """The effective weight ``bf16(int8 × scale)``, bit-exact with the JAX reference
+        (:func:`grokfetch.checkpoint.dequant.dequantize`).
 
         Args:
             rows: a slice of the input axis (axis -2) to materialise; None = all rows.
@@ -152,14 +153,7 @@ class TensorFile:
             if expert is not None:
                 s = s[expert]  # type: ignore[index]
             start, stop, _ = (rows or slice(None)).indices(w.shape[-2])
-            w = w[..., start:stop, :]
-            if self.spec.scale_layout == "row_blocks":
-                block = self.spec.row_block
-                idx = np.arange(start, stop) // block  # type: ignore[operator]
-                s = np.take(s, idx, axis=-2)
-            # The int8 × bf16 product is exact in f32; rounding it to bf16 (nearest even)
-            # gives the reference's effective weight bit for bit.
-            out = (w.astype(np.float32) * s.astype(np.float32)).astype(BF16)  # type: ignore[union-attr]
+            out = dequantize(w[..., start:stop, :], s, start=start, length=w.shape[-2])  # type: ignore[arg-type]
             return out if np.dtype(dtype) == BF16 else out.astype(dtype)
         if rows is not None:
             w = w[rows] if w.ndim == 1 else w[..., rows, :]

@@ -13,10 +13,10 @@ from typing import BinaryIO
 
 import numpy as np
 
-from grokfetch.checkpoint.pickle_emit import encode_layout
 from grokfetch.checkpoint.reader import BF16
 from grokfetch.errors import CheckpointError
 from grokfetch.fsutil import atomic_file
+from grokfetch.pickle_layout import encode_layout
 from grokfetch.spec import TensorSpec
 
 

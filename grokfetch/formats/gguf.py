@@ -1,9 +1,10 @@
 """The GGUF reader: a grokfetch GGUF back as checkpoint tensors (smoke, tests), and its metadata keys.
 
-:func:`iter_params` opens ``OUT`` (a folder holding one GGUF, possibly split, or a ``.gguf``
-path), and yields ``(spec, array, None)`` for each spec of ``table`` in model order, in JAX
-layout ((in, out); experts (E, in, out); embedding (vocab, d)), dequantized with gguf-py:
-bf16 for BF16 tensors (bit-exact), float32 otherwise. :func:`iter_stored` yields the same tensors
+:func:`iter_tensors` (the signature of every reader in :mod:`grokfetch.formats`) opens ``path``
+(a folder holding one GGUF, possibly split, a ``.gguf`` file, or an open :class:`GGUFModel`),
+and yields ``(spec, array, None)`` for each spec of ``table`` in model order, in JAX layout
+((in, out); experts (E, in, out); embedding (vocab, d)), dequantized with gguf-py: bf16 for
+BF16 tensors (bit-exact), float32 otherwise. :func:`iter_stored` yields the same tensors
 as they are stored (:class:`StoredTensor`: the type and the memory-mapped blocks, nothing
 dequantized), for the smoke test, which keeps block types as bytes on the devices and reads
 dense slices (:meth:`StoredTensor.dense`) only where a tensor is placed as an array.
@@ -234,11 +235,12 @@ def iter_stored(model: GGUFModel, table: TensorTable,
         model.release(name)
 
 
-def iter_params(out: Path | str | GGUFModel, table: TensorTable,
-                specs: list[TensorSpec] | None = None) -> Iterator[tuple[TensorSpec, np.ndarray, None]]:
+def iter_tensors(path: Path | str | GGUFModel, table: TensorTable,
+                 specs: list[TensorSpec] | None = None) -> Iterator[tuple[TensorSpec, np.ndarray, None]]:
     """Yield ``(spec, array in JAX layout, None)`` for the specs of ``table`` (or ``specs``)
-    that the GGUF holds, in model order. ``out`` is the output folder or an open model."""
-    model = out if isinstance(out, GGUFModel) else GGUFModel(out)
+    that the GGUF holds, in model order: bf16 for BF16 tensors, float32 for every other type.
+    ``path`` is the output folder, a ``.gguf`` file or an open model."""
+    model = path if isinstance(path, GGUFModel) else GGUFModel(path)
     for spec, name in _names(model, table, specs):
         arr = model.array(name)
         if spec.slot.transpose:

@@ -1,5 +1,5 @@
 """The JAX-store reader: a grokfetch ``--to jax`` output (orbax / tensorstore OCDBT) back as
-checkpoint tensors, and the tree keys the writer shares with it.
+checkpoint tensors (:func:`iter_tensors`), and the tree keys the writer shares with it.
 
 Loading into sharded ``jax.Array``s with orbax (``restore``) needs the partition rules and stays
 with the writer in ``grokfetch.convert.jaxstore``.
@@ -41,16 +41,17 @@ def open_array(out: Path, name: str):
                    read=True).result()
 
 
-def iter_params(out: Path, table: TensorTable
-                ) -> Iterator[tuple[TensorSpec, np.ndarray, np.ndarray | None]]:
-    """Every checkpoint tensor present in a JAX output, read with tensorstore (JAX layout).
+def iter_tensors(path: Path, table: TensorTable, specs: list[TensorSpec] | None = None
+                 ) -> Iterator[tuple[TensorSpec, np.ndarray, np.ndarray | None]]:
+    """The tensors of ``table`` (or ``specs``) present in a JAX output, in model order, read
+    with tensorstore (JAX layout; the signature of every reader in :mod:`grokfetch.formats`).
 
-    ``table`` describes the output (``TensorTable(load_config(out))``). Yields
+    ``table`` describes the output (``TensorTable(load_config(path))``). Yields
     ``(spec, int8 weight, bf16 scales)`` for quantized tensors and ``(spec, float32, None)``.
     """
-    out = Path(out)
+    out = Path(path)
     names = set(tree_names(out))
-    for spec in table.model_order():
+    for spec in table.model_order(None if specs is None else list(specs)):
         base = f"{ROOT_KEY}.{param_key(spec)}"
         if spec.quantized:
             if f"{base}.weight" not in names:

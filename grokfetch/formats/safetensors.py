@@ -1,8 +1,8 @@
 """The safetensors reader: a grokfetch safetensors output back as checkpoint tensors, and the
 names the writer shares with it (index file, ``_scale`` suffix, sglang's ``lm_head``).
 
-:func:`iter_params` reads an output with ``safetensors.safe_open`` in JAX layout, for the smoke
-test and the tests.
+:func:`iter_tensors` (the signature of every reader in :mod:`grokfetch.formats`) reads an
+output with ``safetensors.safe_open`` in JAX layout, for the smoke test and the tests.
 """
 
 from __future__ import annotations
@@ -48,11 +48,12 @@ def read_index(out: Path) -> dict[str, Any]:
     return index
 
 
-def iter_params(out: Path, table: TensorTable
-                ) -> Iterator[tuple[TensorSpec, np.ndarray, np.ndarray | None]]:
-    """Every checkpoint tensor present in a safetensors output, back in JAX layout.
+def iter_tensors(path: Path, table: TensorTable, specs: list[TensorSpec] | None = None
+                 ) -> Iterator[tuple[TensorSpec, np.ndarray, np.ndarray | None]]:
+    """The tensors of ``table`` (or ``specs``) present in a safetensors output, in model order,
+    back in JAX layout.
 
-    ``table`` describes the output (``TensorTable(load_config(out))``: a ``--layers`` /
+    ``table`` describes the output (``TensorTable(load_config(path))``: a ``--layers`` /
     ``--experts`` subset is numbered from 0). Yields ``(spec, weight, scales)``:
 
     - int8 outputs: int8 weight (in, out) / experts (E, in, out) and bf16 scales in the
@@ -64,7 +65,7 @@ def iter_params(out: Path, table: TensorTable
     """
     from safetensors import safe_open
 
-    out = Path(out)
+    out = Path(path)
     index = read_index(out)
     layout = index.get("metadata", {}).get("layout", "hf")
     weight_map: dict[str, str] = index["weight_map"]
@@ -79,7 +80,7 @@ def iter_params(out: Path, table: TensorTable
                     safe_open(str(safe_join(out, fname)), framework="numpy"))
             return handles[fname].get_tensor(name)
 
-        for spec in table.model_order():
+        for spec in table.model_order(None if specs is None else list(specs)):
             namer = spec.hf_name if layout == "hf" else spec.sglang_name
             names = [namer(e) for e in range(spec.shape[0])] if spec.per_expert else [namer()]
             if names[0] not in weight_map:

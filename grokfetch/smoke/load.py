@@ -1,14 +1,11 @@
 """Every checkpoint format → parameters placed on the mesh, one tensor at a time.
 
-:func:`open_source` detects the format from the files (``*.gguf``; ``model.safetensors.index.json``
-or ``*.safetensors``; ``ckpt-0/tensor*`` pickles; OCDBT/orbax markers such as ``_METADATA`` or
-``manifest.ocdbt``) and wraps its reader. Each reader yields ``(spec, weight, scales | None)`` in
-JAX layout: the original pickles through :func:`~grokfetch.checkpoint.reader.open_checkpoint`
-(int8 + bf16 scales, memory-mapped), the converted formats through their readers, imported
-when used: ``grokfetch.formats.safetensors.iter_params`` /
-``grokfetch.formats.jaxstore.iter_params``, and for GGUF
-``grokfetch.formats.gguf.open_gguf`` (parsed once; the same parse decides ``lossless`` and
-each tensor's form). A damaged file is one :class:`~grokfetch.errors.CheckpointError`.
+:func:`open_source` detects the format from the files (:func:`grokfetch.formats.detect_format`)
+and wraps its reader. Each reader yields ``(spec, weight, scales | None)`` in JAX layout: the
+formats' ``iter_tensors`` (the pickles as int8 + bf16 scales, memory-mapped; safetensors and
+the JAX store), imported when used, and for GGUF ``grokfetch.formats.gguf.open_gguf`` (parsed
+once; the same parse decides ``lossless`` and each tensor's form) with ``iter_stored``. A
+damaged file is one :class:`~grokfetch.errors.CheckpointError`.
 
 Forms (:mod:`grokfetch.smoke.mesh`): the pickles and int8 exports stay int8 + scales on the
 devices; a GGUF's block types stay its stored bytes (:meth:`Source.form_fn`), so nothing is
@@ -21,7 +18,6 @@ works when the mesh spans several processes.
 
 from __future__ import annotations
 
-import copy
 import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,8 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from grokfetch.checkpoint.reader import TOKENIZER_FILENAME, CheckpointLayout, find_layout
-from grokfetch.errors import CheckpointError, GrokfetchError, NotFoundError
+from grokfetch.checkpoint.reader import TOKENIZER_FILENAME
+from grokfetch.errors import CheckpointError, GrokfetchError
+from grokfetch.formats import detect_format
 from grokfetch.spec import TENSOR_DIR, ModelConfig, TensorSpec, TensorTable, load_config
 
 if TYPE_CHECKING:
@@ -40,61 +37,8 @@ if TYPE_CHECKING:
 #: ``(spec, weight, scales)``: the weight is an array, or for GGUF a ``StoredTensor``.
 Item = tuple[TensorSpec, Any, "np.ndarray | None"]
 Iter = Callable[[list[TensorSpec]], Iterator[Item]]
-FORMATS = ("pickle", "gguf", "safetensors", "jaxstore")
-JAXSTORE_MARKERS = ("_METADATA", "manifest.ocdbt", "_CHECKPOINT_METADATA", "_sharding")
 #: GGUF tensor types that hold the effective bf16 weights exactly.
 GGUF_LOSSLESS_TYPES = {"F32", "BF16"}
-
-
-def _holds_tensor_files(layout: CheckpointLayout, preset: str | None) -> bool:
-    """Whether the layout's tensor folder holds at least one of the table's tensor files."""
-    if not layout.tensor_dir.is_dir():
-        return False
-    table = TensorTable(load_config(layout.root, preset))
-    return any(table.by_file(p.name) is not None for p in layout.tensor_dir.iterdir())
-
-
-def _has_jaxstore_marker(path: Path) -> bool:
-    return any((path / m).exists() or any(path.glob(f"*/{m}")) or any(path.glob(f"*/*/{m}"))
-               for m in JAXSTORE_MARKERS)
-
-
-def detect_format(path: Path, preset: str | None = None) -> tuple[str, Path]:
-    """``(format, root)`` of a checkpoint path, from the files it holds (``preset``: the
-    config of a pickle checkpoint without ``model-config.json``).
-
-    Raises:
-        NotFoundError: nothing that looks like a checkpoint.
-    """
-    from grokfetch.formats.safetensors import INDEX_NAME
-
-    path = Path(path)
-    if not path.exists():
-        raise NotFoundError(path, "checkpoint")
-    if path.is_file():
-        if path.suffix == ".gguf":
-            return "gguf", path.parent
-        if path.suffix == ".safetensors" or path.name == INDEX_NAME:
-            return "safetensors", path.parent
-        raise NotFoundError(path, "checkpoint folder", hint="give the folder the checkpoint is in")
-    if any(path.glob("*.gguf")):
-        return "gguf", path
-    if (path / INDEX_NAME).is_file() or any(path.glob("*.safetensors")):
-        return "safetensors", path
-    try:
-        layout: CheckpointLayout | None = find_layout(path)
-    except NotFoundError:
-        layout = None
-    # Real tensor files win over stray orbax markers; an empty ckpt-0/ is still the pickle
-    # format (the shapes-only preflight runs before anything is downloaded).
-    if layout is not None and _holds_tensor_files(layout, preset):
-        return "pickle", layout.root
-    if _has_jaxstore_marker(path):
-        return "jaxstore", path
-    if layout is not None:
-        return "pickle", layout.root
-    raise NotFoundError(path, "checkpoint (ckpt-0/ pickles, *.gguf, *.safetensors or an "
-                              "orbax store)")
 
 
 @dataclass
@@ -174,34 +118,14 @@ class Source:
         return lambda spec: gguf_form(spec, types[spec.index], n) if spec.index in types else "dense"
 
 
-def _pickle_iter(root: Path, config: ModelConfig) -> Iter:
-    from grokfetch.checkpoint.reader import open_checkpoint
-
-    ck = open_checkpoint(root, config=config)
-
-    def it(specs: list[TensorSpec]) -> Iterator[Item]:
-        for spec in specs:
-            with ck.open(spec) as tf:
-                yield spec, tf.weight, tf.scales
-
-    return it
-
-
-def _subset_iter(fmt: str, fn: Callable[[Path, TensorTable], Iterator[Item]], root: Path,
-                 table: TensorTable, damaged: tuple[type[BaseException], ...]) -> Iter:
-    """Wrap a converted format's ``iter_params(out, table)``; ``damaged``: the exceptions its
+def _reader_iter(fmt: str, fn: Callable[..., Iterator[Item]], root: Path, table: TensorTable,
+                 damaged: tuple[type[BaseException], ...] = ()) -> Iter:
+    """Wrap a format's ``iter_tensors(path, table, specs)``; ``damaged``: the exceptions its
     library raises for an unreadable file, reported as one :class:`CheckpointError`."""
 
     def it(specs: list[TensorSpec]) -> Iterator[Item]:
-        # The readers walk ``table.model_order()``: hand them a view holding only these specs,
-        # so a peek or a ``--layers`` subset reads nothing else.
-        sub = copy.copy(table)
-        sub.specs = tuple(table.model_order(list(specs)))
-        wanted = {s.index for s in specs}
         try:
-            for spec, w, s in fn(root, sub):
-                if spec.index in wanted:
-                    yield spec, w, s
+            yield from fn(root, table, specs)
         except GrokfetchError:
             raise
         except damaged as exc:
@@ -236,7 +160,9 @@ def open_source(path: Path | str, preset: str | None = None) -> Source:
     lossless = True
     types = None
     if fmt == "pickle":
-        it = _pickle_iter(root, config)
+        from grokfetch.formats.pickles import iter_tensors as pickle_iter
+
+        it = _reader_iter(fmt, pickle_iter, root, table)
     elif fmt == "gguf":
         from grokfetch.formats.gguf import open_gguf, tensor_types
 
@@ -247,14 +173,14 @@ def open_source(path: Path | str, preset: str | None = None) -> Source:
     elif fmt == "safetensors":
         from safetensors import SafetensorError
 
-        from grokfetch.formats.safetensors import iter_params as st_iter
+        from grokfetch.formats.safetensors import iter_tensors as st_iter
 
-        it = _subset_iter(fmt, st_iter, root, table, (SafetensorError, ValueError))
+        it = _reader_iter(fmt, st_iter, root, table, (SafetensorError, ValueError))
     else:
-        from grokfetch.formats.jaxstore import iter_params as jax_iter
+        from grokfetch.formats.jaxstore import iter_tensors as jax_iter
 
         # tensorstore reports a damaged store as ValueError (e.g. OUT_OF_RANGE, DATA_LOSS).
-        it = _subset_iter(fmt, jax_iter, root, table, (ValueError,))
+        it = _reader_iter(fmt, jax_iter, root, table, (ValueError,))
     return Source(fmt, root, config, table, tok, lossless, it, gguf_types=types)
 
 

@@ -1,9 +1,12 @@
-"""Emit Grok-1 tensor files byte for byte as numpy 1.26's ``pickle.dump`` (protocol 4) does.
+"""The official tensor pickle's byte layout: its class and dtype vocabulary, and an emitter of
+its exact bytes (what numpy 1.26's ``pickle.dump``, protocol 4, writes for a Grok-1 tensor).
 
 :func:`encode_layout` gives the file as verbatim pieces and payload lengths, so writers stream
 the array memory without copying it, and :func:`predicted_file_bytes` gives exact file sizes
-from shapes alone (the tensor table uses it). The test suite checks the output against CPython's
-own pickler for every tensor of the ``tiny`` and ``mini`` presets.
+from shapes alone (the tensor table uses it). Pure and dependency-free, so it sits below
+:mod:`grokfetch.spec`; the safe scanner (:mod:`grokfetch.checkpoint.pickle_format`) reads the
+same vocabulary. The test suite checks the output against CPython's own pickler for every tensor
+of the ``tiny`` and ``mini`` presets.
 """
 
 from __future__ import annotations
@@ -11,7 +14,15 @@ from __future__ import annotations
 import math
 import struct
 
-from grokfetch.checkpoint.pickle_format import DTYPES, QW8_CLASS
+QW8_CLASS = ("__main__", "QuantizedWeight8bit")
+
+#: dtype descriptors as numpy pickles them: (dtype arg or None for a type global, byte order,
+#: state tail (elsize, alignment, flags), itemsize)
+DTYPES = {
+    "float32": ("f4", "<", (-1, -1, 0), 4),
+    "int8": ("i1", "|", (-1, -1, 0), 1),
+    "bfloat16": (None, "<", (2, 2, 64), 2),
+}
 
 FRAME_SIZE_TARGET = 64 * 1024  # CPython's pickler bypasses frames for payloads this large
 FRAME_SIZE_MIN = 4
