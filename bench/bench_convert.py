@@ -86,11 +86,11 @@ def run_ours(ckpt: Path, out: Path, quant: str, workers: int) -> dict:
 def run_gguf_py(ckpt: Path, out: Path, quant: str) -> dict:
     import gguf
     import numpy as np
+
+    from grokfetch.checkpoint.reader import open_checkpoint
     from grokfetch.convert.base import ConvertOptions
     from grokfetch.convert.gguf import GGUFTarget, add_metadata
     from grokfetch.convert.quant import quantize_rows
-
-    from grokfetch.checkpoint.reader import open_checkpoint
 
     ck = open_checkpoint(ckpt)
     opts = ConvertOptions(quant=quant).normalized(ck.config)

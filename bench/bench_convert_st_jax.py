@@ -105,8 +105,9 @@ def run_case(case: str, ckpt: Path, out: Path) -> dict:
         import jax
         import numpy as np
         import orbax.checkpoint as ocp
-        from grokfetch.convert.jax_layout import AXES, fit_pspec, param_key, slot_rule
         from jax.sharding import NamedSharding, PartitionSpec
+
+        from grokfetch.convert.jax_layout import AXES, fit_pspec, param_key, slot_rule
 
         mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]).reshape(1, 8), AXES)
         sizes = {"data": 1, "model": 8}

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 from gguf import GGMLQuantizationType, quants  # noqa: E402
+
 from grokfetch.convert.kquants import KQUANTS  # noqa: E402
 
 ANCHORS = (GGMLQuantizationType.Q8_0, GGMLQuantizationType.Q4_0)

@@ -126,9 +126,9 @@ def compare_tensors(a: Path, b: Path, ckpt: Path) -> dict:
     import ml_dtypes
     import numpy as np
     from gguf import GGUFReader
-    from grokfetch.convert.quant import quantize_rows
 
     from grokfetch.checkpoint.reader import open_checkpoint
+    from grokfetch.convert.quant import quantize_rows
 
     ta = {t.name: t for t in GGUFReader(a).tensors}
     tb = {t.name: t for t in GGUFReader(b).tensors}

@@ -64,10 +64,9 @@ from grokfetch.progress import Progress
 from grokfetch.spec import ModelConfig, TableSubset, TensorSpec
 
 if TYPE_CHECKING:  # pragma: no cover
+    from grokfetch.checkpoint.reader import Checkpoint
     from grokfetch.convert.output import FileSink
     from grokfetch.convert.source import SourceProvider
-
-    from grokfetch.checkpoint.reader import Checkpoint
 
 T = TypeVar("T")
 #: Default row-chunk size: how many bytes of float32 rows one worker materialises at a time.

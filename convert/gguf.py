@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 from gguf import GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType, GGUFValueType, GGUFWriter, Keys, TokenType
 from gguf.gguf_writer import WriterState
+
+from grokfetch.checkpoint.reader import TOKENIZER_FILENAME
 from grokfetch.convert.base import (
     TENSOR_TASK,
     OutputFile,
@@ -47,8 +49,6 @@ from grokfetch.convert.quant import (
     tensor_type,
     type_nbytes,
 )
-
-from grokfetch.checkpoint.reader import TOKENIZER_FILENAME
 from grokfetch.errors import UsageError
 from grokfetch.formats.gguf import ARCH, KEY_SCHEME, KEY_SOURCE_EXPERTS, KEY_SOURCE_LAYERS
 from grokfetch.fsutil import file_sha256

@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from grokfetch.checkpoint.reader import BF16
 from grokfetch.convert.base import TENSOR_TASK, OutputFile, OutputItem, Target, pack_by_size
 from grokfetch.convert.jax_layout import (
     AXES,
@@ -49,8 +51,6 @@ from grokfetch.convert.jax_layout import (
 )
 from grokfetch.convert.ocdbt import Config, Ref, encode_tree, manifest
 from grokfetch.convert.source import OpenSources
-
-from grokfetch.checkpoint.reader import BF16
 from grokfetch.errors import UsageError
 from grokfetch.formats.jaxstore import ROOT_KEY, open_array, param_key, tree_names
 from grokfetch.progress import Progress

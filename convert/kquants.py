@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
 from grokfetch.convert.kquants_jit import requant, search_qkx2, search_qx
 
 __all__ = [

@@ -14,6 +14,8 @@ they are compiled on first use and cached next to this file (``cache=True``).
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
+
 from grokfetch.convert.kquants_kernels import (
     F32,
     JIT,
@@ -23,7 +25,6 @@ from grokfetch.convert.kquants_kernels import (
     qkx2_tile,
     qx_rmse1_tile,
 )
-from numba import njit
 
 # ---------------------------------------------------------------------------------- block drivers
 # Blocks are searched TILE_BLOCKS at a time: the tile's sub-blocks are gathered into a column matrix

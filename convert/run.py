@@ -18,11 +18,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from grokfetch.checkpoint.reader import TOKENIZER_FILENAME, Checkpoint, open_checkpoint
 from grokfetch.convert.base import ConvertOptions, OutputFile, Target, get_target
 from grokfetch.convert.output import STATE_FILENAME, ConvertState, FileSink
 from grokfetch.convert.source import SourceProvider
-
-from grokfetch.checkpoint.reader import TOKENIZER_FILENAME, Checkpoint, open_checkpoint
 from grokfetch.errors import CheckpointError, NotFoundError, OutputExistsError, UsageError
 from grokfetch.fsutil import (
     LOCK_NAME,

@@ -31,7 +31,6 @@ from grokfetch.convert.st_tensors import (
     entry_chunks,
     plan_entries,
 )
-
 from grokfetch.errors import CheckpointError, UsageError
 from grokfetch.formats.safetensors import INDEX_NAME
 from grokfetch.progress import Progress

@@ -24,10 +24,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from grokfetch.convert.safetensors_header import StTensor
-from grokfetch.convert.source import SourceTensor, blocked_transpose
 
 from grokfetch.checkpoint.dequant import dequantize
+from grokfetch.convert.safetensors_header import StTensor
+from grokfetch.convert.source import SourceTensor, blocked_transpose
 from grokfetch.formats.safetensors import LM_HEAD, scale_name
 from grokfetch.spec import TableSubset, TensorSpec
 

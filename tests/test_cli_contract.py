@@ -116,7 +116,6 @@ def test_help_has_conventional_metavars_and_shared_flags(run_cli, cmd):
 def test_enum_options_are_choices_declared_by_the_library(run_cli, tiny_ckpt, cmd, flag):
     """The help lists the library's own values, and the parser refuses any other one."""
     from grokfetch.convert.base import TARGETS, get_target
-
     from grokfetch.integrity.pieces import HASH_SCHEMES
     from grokfetch.smoke.mesh import PLATFORMS
     from grokfetch.torrent.options import ORDERS

@@ -10,6 +10,9 @@ import time
 import ml_dtypes
 import numpy as np
 import pytest
+from numpy_reference import dequantize as ref_dequantize
+
+from grokfetch.checkpoint.reader import open_checkpoint
 from grokfetch.convert.base import (
     ConvertOptions,
     OutputFile,
@@ -21,9 +24,6 @@ from grokfetch.convert.base import (
 from grokfetch.convert.output import STATE_FILENAME, ConvertState, FileSink, ordered_map
 from grokfetch.convert.run import convert
 from grokfetch.convert.source import OpenSources, SourceProvider, SourceTensor, blocked_transpose
-from numpy_reference import dequantize as ref_dequantize
-
-from grokfetch.checkpoint.reader import open_checkpoint
 from grokfetch.errors import (
     CheckpointError,
     InsufficientSpaceError,
@@ -421,7 +421,6 @@ def test_wait_maps_the_file_it_checked(tiny_ckpt, tmp_path):
 
 def test_wait_hash_checks_pieces_when_the_torrent_is_saved(tiny_ckpt, tmp_path):
     from grokfetch.convert.source import WaitTimeout
-
     from grokfetch.torrent.create import create_torrent
 
     dl = tmp_path / "dl"

@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 from gguf import GGMLQuantizationType as T
+
+from grokfetch.checkpoint.reader import open_checkpoint
 from grokfetch.convert.base import ConvertOptions
 from grokfetch.convert.gguf import add_metadata, load_vocab
 from grokfetch.convert.output import STATE_FILENAME
 from grokfetch.convert.quant import resolve_scheme
 from grokfetch.convert.run import convert
-
-from grokfetch.checkpoint.reader import open_checkpoint
 from grokfetch.errors import CheckpointError, UsageError
 from grokfetch.formats.gguf import GGUFModel, iter_tensors
 from grokfetch.integrity.manifest import MANIFEST_NAME, build_manifest

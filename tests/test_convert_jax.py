@@ -13,12 +13,15 @@ import sys
 import time
 from pathlib import Path
 
-import grokfetch.convert.jaxstore as jaxstore
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 import tensorstore as ts
+from progress_doubles import InterruptAfter
+
+import grokfetch.convert.jaxstore as jaxstore
+from grokfetch.checkpoint.reader import open_checkpoint
 from grokfetch.convert.base import ConvertOptions
 from grokfetch.convert.jax_layout import (
     chunk_shape,
@@ -31,9 +34,6 @@ from grokfetch.convert.jax_layout import (
 from grokfetch.convert.jaxstore import DATA_DIR, restore
 from grokfetch.convert.output import STATE_FILENAME
 from grokfetch.convert.run import convert
-from progress_doubles import InterruptAfter
-
-from grokfetch.checkpoint.reader import open_checkpoint
 from grokfetch.errors import UsageError
 from grokfetch.formats.jaxstore import iter_tensors
 from grokfetch.sharding import make_mesh

@@ -12,14 +12,14 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
-from grokfetch.convert.base import ConvertOptions
-from grokfetch.convert.run import convert
-from grokfetch.convert.safetensors import HF_CONFIG_NAME, hf_config
-from grokfetch.convert.safetensors_header import StTensor, encode_header, plan_shards
 from progress_doubles import InterruptAfter
 from safetensors import safe_open
 
 from grokfetch.checkpoint.reader import BF16, open_checkpoint
+from grokfetch.convert.base import ConvertOptions
+from grokfetch.convert.run import convert
+from grokfetch.convert.safetensors import HF_CONFIG_NAME, hf_config
+from grokfetch.convert.safetensors_header import StTensor, encode_header, plan_shards
 from grokfetch.errors import CheckpointError, OutputExistsError, UsageError
 from grokfetch.formats.safetensors import INDEX_NAME, iter_tensors, lm_head
 from grokfetch.spec import PRESETS, TensorTable, load_config

@@ -12,11 +12,11 @@ import pytest
 from gguf import GGMLQuantizationType as T
 from gguf import GGUFReader
 from gguf.quants import dequantize
-from grokfetch.convert.base import ConvertOptions, default_jobs
-from grokfetch.convert.kquants import KQUANTS
 
 from grokfetch.checkpoint.reader import BF16, open_checkpoint
 from grokfetch.checkpoint.realshape import write_real_layers
+from grokfetch.convert.base import ConvertOptions, default_jobs
+from grokfetch.convert.kquants import KQUANTS
 from grokfetch.spec import GROK_1, PRESETS
 
 

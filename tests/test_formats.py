@@ -8,12 +8,12 @@ import shutil
 
 import numpy as np
 import pytest
-from grokfetch.convert.base import ConvertOptions
-from grokfetch.convert.run import convert
 from numpy_reference import dequantize as ref_dequantize
 
 import grokfetch.formats as formats
 from grokfetch.checkpoint.reader import BF16
+from grokfetch.convert.base import ConvertOptions
+from grokfetch.convert.run import convert
 from grokfetch.errors import CheckpointError, NotFoundError
 from grokfetch.formats.jaxstore import tree_names
 from grokfetch.formats.safetensors import INDEX_NAME, read_index

@@ -14,8 +14,8 @@ import pytest
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 from gguf import quants as gq
-from grokfetch.convert.quant import SCHEMES, quantize_rows
 
+from grokfetch.convert.quant import SCHEMES, quantize_rows
 from grokfetch.smoke.ggml import BLOCK_TYPES, DEQUANTIZERS, dequantize
 
 #: Byte offsets of the f16 scale fields per block type (gguf-py's block layouts).

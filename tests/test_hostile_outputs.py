@@ -11,10 +11,10 @@ import sys
 import threading
 
 import pytest
-from grokfetch.convert.base import ConvertOptions
-from grokfetch.convert.run import convert
 from outputs import error_line, tree
 
+from grokfetch.convert.base import ConvertOptions
+from grokfetch.convert.run import convert
 from grokfetch.errors import FolderBusyError
 from grokfetch.fsutil import LOCK_NAME, folder_lock, write_atomic
 from grokfetch.integrity.manifest import MANIFEST_NAME

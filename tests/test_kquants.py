@@ -15,11 +15,12 @@ import os
 import struct
 
 import gguf
-import grokfetch.convert.kquants as kq
 import numpy as np
 import pytest
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
+
+import grokfetch.convert.kquants as kq
 from grokfetch.convert.kquants import KQUANTS
 
 f = np.float32

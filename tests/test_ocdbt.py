@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorstore as ts
+
 from grokfetch.convert.jax_layout import plan_arrays
 from grokfetch.convert.jaxstore import zarr_json
 from grokfetch.convert.ocdbt import Config, Ref, crc32c, encode_tree, manifest
-
 from grokfetch.spec import PRESETS, TensorTable
 
 

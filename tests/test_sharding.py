@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 
 import pytest
-from grokfetch.convert.jax_layout import slot_rule
 
+from grokfetch.convert.jax_layout import slot_rule
 from grokfetch.sharding import OFFICIAL_RULES, SMOKE_RULES, partition
 from grokfetch.smoke.mesh import WEIGHT_AXES
 from grokfetch.spec import AXIS_SIZES, GROK_1, SLOTS, TensorTable, preset, slot_shape

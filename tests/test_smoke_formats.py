@@ -150,7 +150,6 @@ def test_preflight_matches_xla_memory_analysis(k256, jax_devices, name):
 def _scheme_forms(table, scheme: str, n: int):
     """``(form, type)`` functions of a ``convert --quant SCHEME`` GGUF of ``table`` (no file)."""
     from grokfetch.convert.quant import SCHEMES, tensor_type
-
     from grokfetch.smoke.mesh import gguf_form
 
     cfg = table.config
@@ -168,7 +167,6 @@ def test_grok1_gguf_preflight_is_the_file_over_n(scheme, per_device_gib):
     """docs/smoke.md's real-scale table: a Grok-1 GGUF on 8 devices holds its own bytes / 8
     (plus the f32 embedding, norms and routers), not a dense copy."""
     from grokfetch.convert.quant import type_nbytes
-
     from grokfetch.smoke.mesh import preflight
     from grokfetch.spec import TensorTable, preset
 

@@ -12,13 +12,13 @@ from pathlib import Path
 import libtorrent as lt
 import numpy as np
 import pytest
-from grokfetch.verify.run import verify
 
 from grokfetch.checkpoint.fixture import tensor_values
 from grokfetch.checkpoint.writer import write_tensor_file
 from grokfetch.integrity.pieces import check_torrent
 from grokfetch.integrity.torrentfile import parse_torrent
 from grokfetch.spec import TensorTable, preset
+from grokfetch.verify.run import verify
 
 PIECE = 16 * 1024
 

@@ -11,8 +11,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from grokfetch.verify.structure import check_structure
-
 from grokfetch.errors import NotFoundError, UsageError
 from grokfetch.integrity.bencode import decode
 from grokfetch.integrity.dlstate import STATE_DIR, saved_resume, saved_torrents
@@ -21,6 +19,7 @@ from grokfetch.integrity.pieces import check_torrent
 from grokfetch.integrity.report import Report
 from grokfetch.integrity.torrentfile import Torrent, content_root, load_torrent
 from grokfetch.progress import NULL_PROGRESS, Progress
+from grokfetch.verify.structure import check_structure
 
 
 @dataclass
