@@ -13,10 +13,11 @@ each tensor's form). A damaged file is one :class:`~grokfetch.errors.CheckpointE
 Forms (:mod:`grokfetch.smoke.mesh`): the pickles and int8 exports stay int8 + scales on the
 devices; a GGUF's block types stay its stored bytes (:meth:`Source.form_fn`), so nothing is
 dequantized on the host; bf16/f32 exports are dense. Placement copies only the slice each
-device owns (``jax.make_array_from_callback``): a block tensor's bytes straight from the
-memory map, a dense GGUF slice dequantized from the blocks that cover it. So no tensor sits on
-the host twice, host memory stays within about one tensor's stored bytes, and the same code
-works when the mesh spans several processes.
+device owns (:mod:`grokfetch.smoke.place`): a block tensor's bytes straight from the memory
+map; a GGUF tensor placed dense is dequantized on the devices from its blocks (or, where a
+device's share is not whole blocks, on the host from the blocks that cover the slice). So no
+tensor sits on the host twice, host memory stays within about one tensor's stored bytes, and the
+same code works when the mesh spans several processes.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import numpy as np
 
 from grokfetch.checkpoint.reader import TOKENIZER_FILENAME, CheckpointLayout, find_layout
 from grokfetch.errors import CheckpointError, GrokfetchError, NotFoundError
+from grokfetch.smoke.place import DenseSlices, dequantizable_on_devices, place, place_dequantized
 from grokfetch.spec import TENSOR_DIR, ModelConfig, TensorSpec, TensorTable, load_config
 
 if TYPE_CHECKING:
@@ -261,37 +263,6 @@ def open_source(path: Path | str, preset: str | None = None) -> Source:
 # --- placement ----------------------------------------------------------------------------------
 
 
-def place(arr: Any, sharding: Any):
-    """A global ``jax.Array`` from a host array (or anything with ``shape`` and ``[idx]``, such
-    as :class:`DenseSlices`); each device copies only its own slice."""
-    import jax
-
-    return jax.make_array_from_callback(arr.shape, sharding, lambda idx: _owned(arr[idx]))
-
-
-def _owned(x: np.ndarray) -> np.ndarray:
-    """``x`` when it owns its memory (a freshly dequantized slice), else a copy of it (a view
-    into a memory map or a whole tensor, which the device must not keep alive)."""
-    if type(x) is np.ndarray and x.flags.owndata:
-        return x
-    return np.array(x)
-
-
-@dataclass(frozen=True)
-class DenseSlices:
-    """A stored GGUF tensor seen as a dense array: indexing dequantizes just that slice."""
-
-    stored: Any
-    dtype: Any
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.stored.shape
-
-    def __getitem__(self, idx: tuple[slice, ...]) -> np.ndarray:
-        return self.stored.dense(idx).astype(self.dtype, copy=False)
-
-
 def prepare(spec: TensorSpec, weight: Any, scales: np.ndarray | None, n: int,
             form: str, dtype: Any) -> dict[str, Any]:
     """Check a tensor against its spec and bring it into its placed form: ``{"w"[, "s"]}``
@@ -339,6 +310,8 @@ def load_params(source: Source, engine: Any, layers: int, progress: Any = None) 
     lexicographic order never leaks into the model)."""
     import jax.numpy as jnp
 
+    from grokfetch.smoke.mesh import placed_axes
+
     table, n = source.table, engine.n
     specs = table.select(range(layers))
     params: dict[str, Any] = {"layers": [dict() for _ in range(layers)]}
@@ -350,7 +323,10 @@ def load_params(source: Source, engine: Any, layers: int, progress: Any = None) 
         form = engine.form(spec)
         parts = prepare(spec, weight, scales, n, form, dtype)
         sharding = engine.slot_sharding(spec.slot.key, form)
-        placed = {k: place(v, sharding) for k, v in parts.items()}
+        axes = placed_axes(spec.slot.key, form)
+        placed = {k: place_dequantized(v.stored, axes, engine.mesh, v.dtype)
+                  if isinstance(v, DenseSlices) and dequantizable_on_devices(v.stored, axes, engine.mesh)
+                  else place(v, sharding) for k, v in parts.items()}
         if spec.layer is None:
             params[spec.slot.key] = placed["w"]
         else:
