@@ -52,7 +52,7 @@ def dequant(wd: dict, dtype: Any) -> jax.Array:
     Scales are ``(..., B, out)``: ``B == 1`` is one scale per output channel; ``B > 1`` is the
     row-block layout, where the local rows split into ``B`` equal blocks (the shard carries the
     scale blocks of its own rows, so this holds for any N that divides the blocks). GGML blocks
-    go through :func:`block_weight` instead.
+    go through :func:`product` instead.
     """
     w = wd["w"]
     if "s" not in wd:
@@ -74,28 +74,26 @@ def dequant(wd: dict, dtype: Any) -> jax.Array:
     return lax.optimization_barrier(out)
 
 
-def block_weight(wd: dict, dtype: Any) -> jax.Array:
-    """A GGML tensor's effective weight, ``(out, in)`` as stored, as f32 holding ``dtype`` values:
-    gguf-py's values (:mod:`grokfetch.smoke.ggml`) rounded to ``dtype`` as a dense GGUF read on
-    the host would be, then widened to f32 (exact)."""
-    (qtype, blocks), = wd.items()
-    return lax.optimization_barrier(ggml.dequantize(blocks, qtype).astype(dtype).astype(F32))
-
-
 def product(x: jax.Array, wd: dict, dtype: Any) -> jax.Array:
     """``x @ W`` in f32 (f32 accumulation) for a weight dict; ``x`` is already in the input
     precision the product wants (``dtype``, or f32 for the MoE down projection).
 
-    GGML blocks: the f32 ``(out, in)`` weight is contracted on its ``in`` axis, as ``x · Wᵀ``, or
-    for one token as ``(W · xᵀ)ᵀ``: XLA's CPU backend runs that matrix-vector product as such
-    instead of fusing the dequantization into a scalar reduction loop. The bf16 products are
-    exact in f32, so widening a bf16 ``x`` changes no value, only the kernel.
+    GGML blocks give gguf-py's values (:mod:`grokfetch.smoke.ggml`) rounded to ``dtype``, as a
+    dense GGUF read on the host would, in their stored ``(out, in)`` layout; they are contracted
+    on their ``in`` axis directly, in the forms XLA's CPU backend runs as matrix products: bf16
+    ``W · xᵀ`` (its bf16 matmul; ``x · Wᵀ`` would widen the weight to f32 first), and for f32
+    inputs ``x · Wᵀ``, or ``W · xᵀ`` for one token (else the dequantization fuses into a scalar
+    reduction loop). The bf16 products are exact in f32, so the form changes no product.
     """
     if "w" in wd:
         return jnp.matmul(x, dequant(wd, dtype).astype(x.dtype), preferred_element_type=F32)
-    w = block_weight(wd, dtype)
-    x = x.astype(F32)
+    (qtype, blocks), = wd.items()
+    w = ggml.dequantize(blocks, qtype).astype(dtype)
     contract = (((1,), (1,)), ((), ()))
+    if x.dtype != F32:
+        w = lax.optimization_barrier(w)
+        return lax.dot_general(w, x, contract, preferred_element_type=F32).T
+    w = lax.optimization_barrier(w.astype(F32))
     if x.shape[0] == 1:
         return lax.dot_general(w, x, contract).T
     return lax.dot_general(x, w, contract)
