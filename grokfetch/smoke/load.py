@@ -33,7 +33,7 @@ import numpy as np
 
 from grokfetch.checkpoint.reader import TOKENIZER_FILENAME, CheckpointLayout, find_layout
 from grokfetch.errors import CheckpointError, GrokfetchError, NotFoundError
-from grokfetch.smoke.place import DenseSlices, dequantizable_on_devices, place, place_dequantized
+from grokfetch.smoke.place import DenseSlices, dequantizable_on_devices, place, place_stored, stored_axes
 from grokfetch.spec import TENSOR_DIR, ModelConfig, TensorSpec, TensorTable, load_config
 
 if TYPE_CHECKING:
@@ -324,9 +324,7 @@ def load_params(source: Source, engine: Any, layers: int, progress: Any = None) 
         parts = prepare(spec, weight, scales, n, form, dtype)
         sharding = engine.slot_sharding(spec.slot.key, form)
         axes = placed_axes(spec.slot.key, form)
-        placed = {k: place_dequantized(v.stored, axes, engine.mesh, v.dtype)
-                  if isinstance(v, DenseSlices) and dequantizable_on_devices(v.stored, axes, engine.mesh)
-                  else place(v, sharding) for k, v in parts.items()}
+        placed = {k: _place(v, weight, axes, sharding, engine.mesh) for k, v in parts.items()}
         if spec.layer is None:
             params[spec.slot.key] = placed["w"]
         else:
@@ -336,6 +334,18 @@ def load_params(source: Source, engine: Any, layers: int, progress: Any = None) 
     if progress is not None:
         progress.done("load")
     return params
+
+
+def _place(part: Any, weight: Any, axes: tuple, sharding: Any, mesh: Any):
+    """One placed array: GGUF tensors from their memory-mapped blocks (chunked, dequantized on
+    the devices when placed dense and the devices' shares are whole blocks), else each
+    device's slice of the host array."""
+    if isinstance(part, DenseSlices) and dequantizable_on_devices(part.stored, axes, mesh):
+        return place_stored(part.stored, stored_axes(part.stored.transpose, axes), mesh,
+                            (axes, part.dtype))
+    if hasattr(weight, "qtype") and part is getattr(weight, "blocks", None):
+        return place_stored(weight, axes, mesh)
+    return place(part, sharding)
 
 
 def device_bytes_held(trees: list[Any]) -> dict[str, int]:
