@@ -182,7 +182,7 @@ def convert(src: Path, out: Path, *extra: str) -> float:
 
     t0 = time.perf_counter()
     if main(["convert", str(src), "--to", "gguf", "--quant", "Q4_K_M", "-o", str(out), "-q",
-             "--workers", str(os.cpu_count() or 1), *extra]) != 0:
+             "--jobs", str(os.cpu_count() or 1), *extra]) != 0:
         raise SystemExit(f"convert of {src} failed")
     return time.perf_counter() - t0
 

@@ -106,6 +106,53 @@ def test_q4_k_m_blocks_on_device_equal_host_dequantized(k256, jax_devices, n, dt
     assert dense_held > (2.5 if n == 2 else 1.2) * blocks_held
 
 
+@pytest.mark.parametrize(("n", "chunk"), [(1, None), (2, None), (8, None), (2, 4096), (8, 4096)])
+def test_gguf_tensors_placed_as_stored_and_as_gguf_py(k256, jax_devices, monkeypatch, n, chunk):
+    """Every GGUF tensor on the devices is its stored bytes (block forms) or gguf-py's
+    dequantized values bit for bit in the JAX layout (placed dense), whether the devices
+    dequantized its uploaded blocks (the embedding for N ≤ 2) or the host did, and whether it
+    went up whole or in chunks (``chunk``: a few KiB, so every tensor takes several)."""
+    import ml_dtypes
+    from gguf import quants
+
+    from grokfetch.smoke import place
+    from grokfetch.smoke.engine import Engine, layer_signatures
+    from grokfetch.smoke.load import load_params, open_source
+    from grokfetch.smoke.mesh import make_mesh, placed_axes
+
+    if chunk is not None:
+        monkeypatch.setattr(place, "UPLOAD_CHUNK", chunk)
+    path = k256["gguf-q4km"]
+    src = open_source(path)
+    eng = Engine(src.table, make_mesh(jax_devices[:n]), "bfloat16",
+                 layer_signatures(src.table, src.form_fn(n)), CACHE)
+    params = load_params(src, eng, src.config.num_layers)
+    stored = {t.name: t for t in GGUFReader(next(path.glob("*.gguf"))).tensors}
+    on_devices = set()
+    for spec in src.table:
+        t = stored[spec.gguf_name]
+        where = params if spec.layer is None else params["layers"][spec.layer]
+        form = eng.form(spec)
+        if form != "dense":  # the stored bytes, (..., rows, blocks, type_size)
+            got = np.asarray(where[spec.slot.key][form])
+            assert np.array_equal(got.reshape(-1), np.asarray(t.data).reshape(-1).view(np.uint8))
+            continue
+        want = quants.dequantize(np.asarray(t.data), t.tensor_type)
+        want = want.reshape(tuple(int(x) for x in reversed(t.shape)))
+        if spec.slot.transpose:
+            want = np.ascontiguousarray(np.swapaxes(want, -1, -2))
+        if spec.quantized:  # placed in the compute dtype
+            want = want.astype(ml_dtypes.bfloat16)
+        got = np.asarray(where[spec.slot.key] if spec.layer is None else where[spec.slot.key]["w"])
+        assert got.dtype == want.dtype and got.shape == want.shape, spec.path
+        assert np.array_equal(got.view(np.uint8), want.view(np.uint8)), spec.path
+        (_, weight, _), = src.items([spec])
+        if place.dequantizable_on_devices(weight, placed_axes(spec.slot.key, "dense"), eng.mesh):
+            on_devices.add(spec.slot.key)
+    # The embedding is Q6_K (256-value blocks, 512 wide): whole blocks per device up to N = 2.
+    assert on_devices == ({"embed"} if n <= 2 else set())
+
+
 FORMATS = ["pickle", "st-int8", "st-bf16", "jax-int8", "gguf-q8", "gguf-q4km"]
 
 

@@ -80,10 +80,24 @@ def field_value(reader: GGUFReader, key: str, default: Any = None) -> Any:
     return default if f is None else f.contents()
 
 
+class _Reader(GGUFReader):
+    """gguf-py's reader, slicing a plain ``ndarray`` view of its memory map: slicing the
+    ``np.memmap`` subclass costs most of the parse of a GGUF's 3 × 131072-entry tokenizer
+    arrays (5.0 s → 1.4 s for Grok-1's); the fields and tensors are the same."""
+
+    def _get(self, offset: int, dtype: Any, count: int = 1, override_order: Any = None) -> np.ndarray:
+        plain = self.__dict__.get("_plain")
+        if plain is None:
+            plain = self._plain = self.data.view(np.ndarray)
+        dtype, count = np.dtype(dtype), int(count)
+        arr = plain[offset:offset + dtype.itemsize * count].view(dtype)[:count]
+        return arr.view(arr.dtype.newbyteorder(self.byte_order if override_order is None else override_order))
+
+
 def _open_reader(path: Path) -> GGUFReader:
     """gguf-py's reader, with a damaged or foreign file as one :class:`CheckpointError`."""
     try:
-        return GGUFReader(path, "r")
+        return _Reader(path, "r")
     except (ValueError, IndexError, KeyError, OverflowError, struct.error) as exc:
         raise CheckpointError(path, f"not a valid GGUF: {exc}") from None
 

@@ -181,14 +181,17 @@ def _q5_k(b):
 
 
 def _q6_k(b):
-    ql = b[..., :128].reshape(b.shape[:-1] + (2, 2, 32))  # (half, 32-byte row, byte)
-    qh = b[..., 128:192].reshape(b.shape[:-1] + (2, 32))
+    lead = b.shape[:-1]
+    ql = b[..., :128].reshape(lead + (2, 2, 32))  # (half, 32-byte row, byte)
+    qh = b[..., 128:192].reshape(lead + (2, 32))
     scales = lax.bitcast_convert_type(b[..., 192:208], jnp.int8).astype(F32)
+    dl = (_f16(b, 208) * scales).reshape(lead + (2, 8, 1))  # per 16 values: (half, group)
     low = (ql[..., 0, :] & 0x0F, ql[..., 1, :] & 0x0F, ql[..., 0, :] >> 4, ql[..., 1, :] >> 4)
-    planes = [((lo | (((qh >> (2 * k)) & 3) << 4)).astype(I32) - 32).astype(F32)
-              for k, lo in enumerate(low)]  # (..., 2, 32) each: values (half, k, byte)
-    q = jnp.stack(planes, axis=-2).reshape(b.shape[:-1] + (QK_K,))
-    return _sub_scaled(b, _f16(b, 208) * scales, q)
+    planes = []
+    for k, lo in enumerate(low):  # plane k: values 32k..32k+31 of each half, groups 2k and 2k+1
+        q = ((lo | (((qh >> (2 * k)) & 3) << 4)).astype(I32) - 32).astype(F32)
+        planes.append((dl[..., 2 * k:2 * k + 2, :] * q.reshape(lead + (2, 2, 16))).reshape(lead + (2, 32)))
+    return jnp.stack(planes, axis=-2).reshape(lead + (QK_K,))  # values (half, k, byte)
 
 
 def _f32(b):

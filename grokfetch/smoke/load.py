@@ -10,10 +10,11 @@ damaged file is one :class:`~grokfetch.errors.CheckpointError`.
 Forms (:mod:`grokfetch.smoke.mesh`): the pickles and int8 exports stay int8 + scales on the
 devices; a GGUF's block types stay its stored bytes (:meth:`Source.form_fn`), so nothing is
 dequantized on the host; bf16/f32 exports are dense. Placement copies only the slice each
-device owns (``jax.make_array_from_callback``): a block tensor's bytes straight from the
-memory map, a dense GGUF slice dequantized from the blocks that cover it. So no tensor sits on
-the host twice, host memory stays within about one tensor's stored bytes, and the same code
-works when the mesh spans several processes.
+device owns (:mod:`grokfetch.smoke.place`): a block tensor's bytes straight from the memory
+map; a GGUF tensor placed dense is dequantized on the devices from its blocks (or, where a
+device's share is not whole blocks, on the host from the blocks that cover the slice). So no
+tensor sits on the host twice, host memory stays within about one tensor's stored bytes, and the
+same code works when the mesh spans several processes.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import numpy as np
 from grokfetch.checkpoint.reader import TOKENIZER_FILENAME
 from grokfetch.errors import CheckpointError, GrokfetchError
 from grokfetch.formats import detect_format
+from grokfetch.smoke.place import DenseSlices, dequantizable_on_devices, place, place_stored, stored_axes
 from grokfetch.spec import TENSOR_DIR, ModelConfig, TensorSpec, TensorTable, load_config
 
 if TYPE_CHECKING:
@@ -187,37 +189,6 @@ def open_source(path: Path | str, preset: str | None = None) -> Source:
 # --- placement ----------------------------------------------------------------------------------
 
 
-def place(arr: Any, sharding: Any):
-    """A global ``jax.Array`` from a host array (or anything with ``shape`` and ``[idx]``, such
-    as :class:`DenseSlices`); each device copies only its own slice."""
-    import jax
-
-    return jax.make_array_from_callback(arr.shape, sharding, lambda idx: _owned(arr[idx]))
-
-
-def _owned(x: np.ndarray) -> np.ndarray:
-    """``x`` when it owns its memory (a freshly dequantized slice), else a copy of it (a view
-    into a memory map or a whole tensor, which the device must not keep alive)."""
-    if type(x) is np.ndarray and x.flags.owndata:
-        return x
-    return np.array(x)
-
-
-@dataclass(frozen=True)
-class DenseSlices:
-    """A stored GGUF tensor seen as a dense array: indexing dequantizes just that slice."""
-
-    stored: Any
-    dtype: Any
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.stored.shape
-
-    def __getitem__(self, idx: tuple[slice, ...]) -> np.ndarray:
-        return self.stored.dense(idx).astype(self.dtype, copy=False)
-
-
 def prepare(spec: TensorSpec, weight: Any, scales: np.ndarray | None, n: int,
             form: str, dtype: Any) -> dict[str, Any]:
     """Check a tensor against its spec and bring it into its placed form: ``{"w"[, "s"]}``
@@ -265,6 +236,8 @@ def load_params(source: Source, engine: Any, layers: int, progress: Any = None) 
     lexicographic order never leaks into the model)."""
     import jax.numpy as jnp
 
+    from grokfetch.smoke.mesh import placed_axes
+
     table, n = source.table, engine.n
     specs = table.select(range(layers))
     params: dict[str, Any] = {"layers": [dict() for _ in range(layers)]}
@@ -276,7 +249,8 @@ def load_params(source: Source, engine: Any, layers: int, progress: Any = None) 
         form = engine.form(spec)
         parts = prepare(spec, weight, scales, n, form, dtype)
         sharding = engine.slot_sharding(spec.slot.key, form)
-        placed = {k: place(v, sharding) for k, v in parts.items()}
+        axes = placed_axes(spec.slot.key, form)
+        placed = {k: _place(v, weight, axes, sharding, engine.mesh) for k, v in parts.items()}
         if spec.layer is None:
             params[spec.slot.key] = placed["w"]
         else:
@@ -286,6 +260,18 @@ def load_params(source: Source, engine: Any, layers: int, progress: Any = None) 
     if progress is not None:
         progress.done("load")
     return params
+
+
+def _place(part: Any, weight: Any, axes: tuple, sharding: Any, mesh: Any):
+    """One placed array: GGUF tensors from their memory-mapped blocks (chunked, dequantized on
+    the devices when placed dense and the devices' shares are whole blocks), else each
+    device's slice of the host array."""
+    if isinstance(part, DenseSlices) and dequantizable_on_devices(part.stored, axes, mesh):
+        return place_stored(part.stored, stored_axes(part.stored.transpose, axes), mesh,
+                            (axes, part.dtype))
+    if hasattr(weight, "qtype") and part is getattr(weight, "blocks", None):
+        return place_stored(weight, axes, mesh)
+    return place(part, sharding)
 
 
 def device_bytes_held(trees: list[Any]) -> dict[str, int]:

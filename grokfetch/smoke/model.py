@@ -46,18 +46,14 @@ XLA_OPTIONS: dict[str, Any] = {"xla_allow_excess_precision": False}
 
 
 def dequant(wd: dict, dtype: Any) -> jax.Array:
-    """The effective weight ``bf16(q × s)`` of a (local shard of a) weight, in ``dtype``.
+    """The effective weight ``bf16(q × s)`` of a (local shard of an) int8 or dense weight, ``(in,
+    out)`` in ``dtype``.
 
     Scales are ``(..., B, out)``: ``B == 1`` is one scale per output channel; ``B > 1`` is the
     row-block layout, where the local rows split into ``B`` equal blocks (the shard carries the
     scale blocks of its own rows, so this holds for any N that divides the blocks). GGML blocks
-    (GGUF layout, whole rows and blocks per shard) give gguf-py's f32 values cast to ``dtype``,
-    as a dense GGUF read on the host would, seen as ``(in, out)``.
+    go through :func:`product` instead.
     """
-    if "w" not in wd:
-        (qtype, blocks), = wd.items()
-        # (out, in) as stored; the matmul reads it transposed (no transposed copy is made).
-        return jnp.swapaxes(lax.optimization_barrier(ggml.dequantize(blocks, qtype).astype(dtype)), -1, -2)
     w = wd["w"]
     if "s" not in wd:
         out = w.astype(dtype)
@@ -78,9 +74,34 @@ def dequant(wd: dict, dtype: Any) -> jax.Array:
     return lax.optimization_barrier(out)
 
 
-def matmul(x: jax.Array, w: jax.Array, dtype: Any) -> jax.Array:
-    """``x @ w`` with f32 accumulation, rounded to ``dtype``."""
-    return jnp.matmul(x.astype(dtype), w.astype(dtype), preferred_element_type=F32).astype(dtype)
+def product(x: jax.Array, wd: dict, dtype: Any) -> jax.Array:
+    """``x @ W`` in f32 (f32 accumulation) for a weight dict; ``x`` is already in the input
+    precision the product wants (``dtype``, or f32 for the MoE down projection).
+
+    GGML blocks give gguf-py's values (:mod:`grokfetch.smoke.ggml`) rounded to ``dtype``, as a
+    dense GGUF read on the host would, in their stored ``(out, in)`` layout; they are contracted
+    on their ``in`` axis directly, in the forms XLA's CPU backend runs as matrix products: bf16
+    ``W · xᵀ`` (its bf16 matmul; ``x · Wᵀ`` would widen the weight to f32 first), and for f32
+    inputs ``x · Wᵀ``, or ``W · xᵀ`` for one token (else the dequantization fuses into a scalar
+    reduction loop). The bf16 products are exact in f32, so the form changes no product.
+    """
+    if "w" in wd:
+        return jnp.matmul(x, dequant(wd, dtype).astype(x.dtype), preferred_element_type=F32)
+    (qtype, blocks), = wd.items()
+    w = ggml.dequantize(blocks, qtype).astype(dtype)
+    contract = (((1,), (1,)), ((), ()))
+    if x.dtype != F32:
+        w = lax.optimization_barrier(w)
+        return lax.dot_general(w, x, contract, preferred_element_type=F32).T
+    w = lax.optimization_barrier(w.astype(F32))
+    if x.shape[0] == 1:
+        return lax.dot_general(w, x, contract).T
+    return lax.dot_general(x, w, contract)
+
+
+def matmul(x: jax.Array, wd: dict, dtype: Any) -> jax.Array:
+    """``x @ W`` with ``dtype`` inputs and f32 accumulation, rounded to ``dtype``."""
+    return product(x.astype(dtype), wd, dtype).astype(dtype)
 
 
 def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
@@ -128,9 +149,9 @@ def attention(h: jax.Array, p: Params, k_cache: jax.Array, v_cache: jax.Array, p
     position of ``h[0]``; ``key_ok`` (S,) marks cache slots holding a non-padding token.
     """
     t, d = h.shape[0], cfg.key_size
-    q = matmul(h, dequant(p["attn_q"], dtype), dtype)
-    k = matmul(h, dequant(p["attn_k"], dtype), dtype)
-    v = matmul(h, dequant(p["attn_v"], dtype), dtype)
+    q = matmul(h, p["attn_q"], dtype)
+    k = matmul(h, p["attn_k"], dtype)
+    v = matmul(h, p["attn_v"], dtype)
     kv_local = k.shape[-1] // d
     group = cfg.num_q_heads // cfg.num_kv_heads
     positions = pos + jnp.arange(t, dtype=jnp.int32)
@@ -151,7 +172,7 @@ def attention(h: jax.Array, p: Params, k_cache: jax.Array, v_cache: jax.Array, p
     weights = jax.nn.softmax(logits, axis=-1).astype(dtype)
     out = jnp.einsum("kgts,skd->tkgd", weights, v_cache.astype(dtype),
                      preferred_element_type=F32).astype(dtype)
-    o = jnp.matmul(out.reshape(t, -1), dequant(p["attn_o"], dtype), preferred_element_type=F32)
+    o = product(out.reshape(t, -1), p["attn_o"], dtype)
     return o, k_cache, v_cache
 
 
@@ -173,8 +194,10 @@ def router_topk(h: jax.Array, router: jax.Array, cfg: ModelConfig) -> tuple[jax.
 def moe(h: jax.Array, p: Params, cfg: ModelConfig, dtype: Any, axis: str | None) -> jax.Array:
     """The MoE output, already reduced over ``axis``, in ``dtype``.
 
-    ``lax.scan`` over the experts keeps one expert's dequantized weights live at a time. Every
-    expert runs on every token (as in the reference); only the top-k outputs are used.
+    ``lax.scan`` over the experts keeps one expert's dequantized weights live at a time. With
+    several tokens every expert runs on every token (as in the reference) and only the top-k
+    outputs are used; for one token (decode) the scan runs over its k selected experts only.
+    Each ``y_e`` is computed by the same code either way, so the values are the same.
 
     Precisions are the reference's (grok1-format §3.2 step 10) in both modes: the projections
     ``a = h·W_gate`` and ``b = h·W_up`` are rounded to ``dtype``; from there everything is f32:
@@ -185,19 +208,23 @@ def moe(h: jax.Array, p: Params, cfg: ModelConfig, dtype: Any, axis: str | None)
     gates, idx = router_topk(h, p["router"]["w"], cfg)
     if jnp.dtype(dtype) == jnp.dtype(BF16):
         gates = round_bf16(gates)
+    weights = (p["moe_gate"], p["moe_up"], p["moe_down"])
 
-    def one_expert(carry, xs):
-        gate_w, up_w, down_w = xs
-        a = matmul(h, dequant(gate_w, dtype), dtype).astype(F32)
-        b = matmul(h, dequant(up_w, dtype), dtype).astype(F32)
-        x = jax.nn.gelu(a, approximate=True) * b
-        y = jnp.matmul(x, dequant(down_w, dtype).astype(F32), preferred_element_type=F32)
-        return carry, y
+    def one_expert(gate_w, up_w, down_w):
+        a = matmul(h, gate_w, dtype).astype(F32)
+        b = matmul(h, up_w, dtype).astype(F32)
+        return product(jax.nn.gelu(a, approximate=True) * b, down_w, dtype)
 
-    _, ys = lax.scan(one_expert, None, (p["moe_gate"], p["moe_up"], p["moe_down"]))
+    decode = h.shape[0] == 1
+    if decode:  # the k selected experts' weights, indexed in the stacks
+        _, ys = lax.scan(lambda c, e: (c, one_expert(*jax.tree.map(lambda w: w[e], weights))),
+                         None, idx[0])
+    else:
+        _, ys = lax.scan(lambda c, ws: (c, one_expert(*ws)), None, weights)
     if axis is not None:
-        ys = lax.psum(ys, axis)  # the tensor-parallel sum of (E, T, D) partials, in f32
-    chosen = ys[idx, jnp.arange(h.shape[0])[:, None]]  # (T, k, D): y_e of the selected experts
+        ys = lax.psum(ys, axis)  # the tensor-parallel sum of (E or k, T, D) partials, in f32
+    # (T, k, D): y_e of the selected experts
+    chosen = jnp.swapaxes(ys, 0, 1) if decode else ys[idx, jnp.arange(h.shape[0])[:, None]]
     # The same ops as the reference (a product, then a sum over the top-k axis), so XLA fuses
     # them the same way (on CPU the second product goes into a fused multiply-add).
     return jnp.sum(gates[:, :, None] * chosen, axis=1).astype(dtype)
