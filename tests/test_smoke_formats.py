@@ -115,16 +115,17 @@ def test_gguf_tensors_placed_as_stored_and_as_gguf_py(k256, jax_devices, monkeyp
     import ml_dtypes
     from gguf import quants
 
+    from grokfetch.sharding import make_mesh
     from grokfetch.smoke import place
     from grokfetch.smoke.engine import Engine, layer_signatures
     from grokfetch.smoke.load import load_params, open_source
-    from grokfetch.smoke.mesh import make_mesh, placed_axes
+    from grokfetch.smoke.mesh import placed_axes
 
     if chunk is not None:
         monkeypatch.setattr(place, "UPLOAD_CHUNK", chunk)
     path = k256["gguf-q4km"]
     src = open_source(path)
-    eng = Engine(src.table, make_mesh(jax_devices[:n]), "bfloat16",
+    eng = Engine(src.table, make_mesh(devices=jax_devices[:n]), "bfloat16",
                  layer_signatures(src.table, src.form_fn(n)), CACHE)
     params = load_params(src, eng, src.config.num_layers)
     stored = {t.name: t for t in GGUFReader(next(path.glob("*.gguf"))).tensors}
