@@ -111,6 +111,26 @@ def test_a_gguf_file_path_reads_that_file(outputs):
     assert got == spec and w.dtype == BF16 and w.shape == spec.shape
 
 
+def test_fast_gguf_reader_parses_what_gguf_py_parses(outputs):
+    """``formats.gguf``'s reader overrides a private gguf-py method for speed: every field and
+    tensor must come out as gguf-py's own reader gives them."""
+    from gguf import GGUFReader
+
+    from grokfetch.formats import gguf as gguf_format
+
+    path = next(outputs["gguf-bf16"].glob("*.gguf"))
+    fast, ref = gguf_format._open_reader(path), GGUFReader(path, "r")
+    assert type(fast) is not GGUFReader or not gguf_format._FAST_READER
+    assert list(fast.fields) == list(ref.fields)
+    for name, f in ref.fields.items():
+        g = fast.fields[name]
+        assert (g.name, g.offset, g.types, g.data) == (f.name, f.offset, f.types, f.data)
+        assert [_bits(p) for p in g.parts] == [_bits(p) for p in f.parts]
+    assert [(t.name, t.tensor_type, list(t.shape), t.data_offset, _bits(t.data))
+            for t in fast.tensors] == [(t.name, t.tensor_type, list(t.shape), t.data_offset,
+                                        _bits(t.data)) for t in ref.tensors]
+
+
 def test_pickle_reader_takes_the_table_config_not_a_preset(tmp_path):
     """A pickle checkpoint without model-config.json is read with the caller's table."""
     from grokfetch.checkpoint.fixture import write_fixture

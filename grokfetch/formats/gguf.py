@@ -18,6 +18,7 @@ layers the file does not hold are skipped.
 
 from __future__ import annotations
 
+import inspect
 import mmap
 import re
 import struct
@@ -94,10 +95,16 @@ class _Reader(GGUFReader):
         return arr.view(arr.dtype.newbyteorder(self.byte_order if override_order is None else override_order))
 
 
+#: The fast reader only where gguf-py's private ``_get`` is the one it was written against;
+#: any other gguf-py gets its own reader (slower to open, same result).
+_FAST_READER = list(inspect.signature(GGUFReader._get).parameters) == [
+    "self", "offset", "dtype", "count", "override_order"]
+
+
 def _open_reader(path: Path) -> GGUFReader:
     """gguf-py's reader, with a damaged or foreign file as one :class:`CheckpointError`."""
     try:
-        return _Reader(path, "r")
+        return (_Reader if _FAST_READER else GGUFReader)(path, "r")
     except (ValueError, IndexError, KeyError, OverflowError, struct.error) as exc:
         raise CheckpointError(path, f"not a valid GGUF: {exc}") from None
 
