@@ -16,16 +16,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import ml_dtypes
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 from gguf import quants as gq
 
+from grokfetch.checkpoint.dequant import BF16
 from grokfetch.errors import UsageError
 from grokfetch.spec import TensorSpec
 
 T = GGMLQuantizationType
-BF16 = np.dtype(ml_dtypes.bfloat16)
 
 
 @dataclass(frozen=True)
