@@ -32,10 +32,9 @@ import numpy as np
 from grokfetch.checkpoint.dequant import BF16, dequantize
 from grokfetch.checkpoint.pickle_format import QW8Ref
 from grokfetch.checkpoint.reader import Checkpoint, TensorFile, scales_problem
-from grokfetch.errors import CheckpointError, GrokfetchError
-from grokfetch.integrity.dlstate import saved_torrents
+from grokfetch.errors import CheckpointError, GrokfetchError, UsageError
+from grokfetch.integrity.dlstate import find_download
 from grokfetch.integrity.pieces import check_torrent
-from grokfetch.integrity.torrentfile import load_torrent
 from grokfetch.progress import NULL_PROGRESS, Progress
 from grokfetch.spec import TensorSpec
 
@@ -306,13 +305,13 @@ def _find_piece_checker(ckpt: Checkpoint):
     downloaded cannot be read yet; ``check_torrent`` reports it against the neighbour, so such a
     boundary piece is not held against the file.
     """
-    torrents = saved_torrents(ckpt.layout.root, parents=2)
-    if not torrents:
+    try:  # an unreadable or ambiguous saved torrent: size + header only (a planted link: refused)
+        saved = find_download(ckpt.layout.root, parents=2)
+    except (UsageError, OSError, ValueError):
         return None
-    try:
-        torrent = load_torrent(torrents[0])
-    except (GrokfetchError, OSError, ValueError):
+    if saved is None:
         return None
+    torrent = saved.torrent
     by_path = {f.path: i for i, f in enumerate(torrent.files) if not f.pad}
 
     def check(spec: TensorSpec) -> bool | None:

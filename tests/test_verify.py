@@ -367,6 +367,31 @@ def test_bad_torrents_are_usage_errors(data):
         parse_torrent(data)
 
 
+def test_saved_download_is_found_from_the_folder_or_below_and_must_be_unambiguous(dl):
+    from grokfetch.errors import UsageError
+    from grokfetch.integrity.dlstate import find_download
+
+    content = dl / "grok-tiny"
+    for path, parents in ((dl, 1), (content, 1), (content / "ckpt-0", 2)):
+        saved = find_download(path, parents)
+        assert saved is not None and saved.torrent.name == "grok-tiny"
+        assert saved.content_root == content and saved.selected is None
+    assert find_download(content / "ckpt-0", parents=0) is None
+    # a second download in the same folder: each folder still picks its own torrent ...
+    other = dl / "other"
+    other.mkdir()
+    (other / "x.bin").write_bytes(os.urandom(40_000))
+    (other / "y.bin").write_bytes(os.urandom(10))
+    tb = make_torrent(other)
+    (dl / ".grokfetch" / f"{lt.torrent_info(tb).info_hashes().v1}.torrent").write_bytes(tb)
+    assert find_download(content).torrent.name == "grok-tiny"
+    assert find_download(other).torrent.name == "other"
+    # ... and the folder above both is ambiguous: one line saying how to choose
+    with pytest.raises(UsageError, match="2 saved torrents") as exc:
+        find_download(dl)
+    assert "--torrent" in exc.value.hint
+
+
 def test_single_file_torrent(tmp_path):
     src = tmp_path / "one.bin"
     src.write_bytes(os.urandom(100_000))

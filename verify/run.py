@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from grokfetch.errors import NotFoundError, UsageError
-from grokfetch.integrity.bencode import decode
-from grokfetch.integrity.dlstate import STATE_DIR, saved_resume, saved_torrents
+from grokfetch.integrity.dlstate import STATE_DIR, download_selection, find_download
 from grokfetch.integrity.manifest import MANIFEST_NAME, check_manifest
 from grokfetch.integrity.pieces import check_torrent
 from grokfetch.integrity.report import Report
@@ -35,36 +34,6 @@ class Plan:
     note: str = ""                  # how the selection was found
 
 
-def download_selection(path: Path, torrent: Torrent) -> set[int] | None:
-    """The files a selective download (``--include``/``--layers``) chose, from the
-    ``file_priority`` list of its resume data; None when every file was wanted or unknown."""
-    if not torrent.has_v1:
-        return None  # v2-only file indices include pad entries this parser does not list
-    resume = saved_resume(path, torrent.infohash)
-    if resume is None:
-        return None
-    try:
-        prios = decode(resume.read_bytes()).get(b"file_priority")
-    except (OSError, UsageError):
-        return None
-    if not isinstance(prios, list) or 0 not in prios:
-        return None
-    return {i for i, f in enumerate(torrent.files)
-            if not f.pad and (i >= len(prios) or prios[i] != 0)}
-
-
-def _pick_saved(path: Path, found: list[Path]) -> tuple[Path, Torrent]:
-    parsed = [(p, load_torrent(p)) for p in found]
-    if len(parsed) == 1:
-        return parsed[0]
-    matching = [(p, t) for p, t in parsed if (path / t.name).exists() or path.name == t.name]
-    if len(matching) == 1:
-        return matching[0]
-    raise UsageError(f"{len(parsed)} saved torrents for {path}: "
-                     + ", ".join(p.name for p, _ in parsed),
-                     hint="choose one with --torrent FILE")
-
-
 def plan(path: Path, *, torrent: Path | None = None, manifest: Path | None = None,
          structure: bool | None = None, all_files: bool = False) -> Plan:
     """Decide the checks for ``path`` (see the module docstring).
@@ -81,21 +50,19 @@ def plan(path: Path, *, torrent: Path | None = None, manifest: Path | None = Non
     p = Plan(root=path)
     if torrent is not None:
         p.torrent_path, p.torrent = Path(torrent), load_torrent(Path(torrent))
+        p.only = None if all_files else download_selection(path, p.torrent)
     elif manifest is not None:
         p.manifest_path = Path(manifest)
     elif (path / MANIFEST_NAME).is_file():
         p.manifest_path = path / MANIFEST_NAME
-    else:
-        found = saved_torrents(path)
-        if found:
-            p.torrent_path, p.torrent = _pick_saved(path, found)
+    elif (saved := find_download(path)) is not None:
+        p.torrent_path, p.torrent = saved.torrent_path, saved.torrent
+        p.only = None if all_files else saved.selected
     if p.torrent is not None:
         p.root = content_root(path, p.torrent)
-        if not all_files:
-            p.only = download_selection(path, p.torrent)
-            if p.only is not None:
-                p.note = (f"{len(p.only)} of {len(p.torrent.data_files())} files, as selected "
-                          "by the download (--all-files checks every file)")
+        if p.only is not None:
+            p.note = (f"{len(p.only)} of {len(p.torrent.data_files())} files, as selected "
+                      "by the download (--all-files checks every file)")
     if structure is None:
         from grokfetch.checkpoint.reader import find_layout
 
