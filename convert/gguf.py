@@ -21,14 +21,13 @@ with ``split.no``/``split.count``/``split.tensors.count``.
 from __future__ import annotations
 
 import hashlib
-import io
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from gguf import GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType, GGUFValueType, GGUFWriter, Keys, TokenType
-from gguf.gguf_writer import WriterState
 
 from grokfetch.checkpoint.reader import TOKENIZER_FILENAME
 from grokfetch.convert.base import (
@@ -192,12 +191,13 @@ def build_header(tensors: list[TensorPlan], meta: Any | None, split: tuple[int, 
         w.add_key_value(Keys.Split.LLM_KV_SPLIT_TENSORS_COUNT, total, GGUFValueType.INT32)
     for t in tensors:
         w.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=t.qtype)
-    buf = io.BytesIO()
-    w.fout, w.state = [buf], WriterState.EMPTY  # type: ignore[list-item]
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_ti_data_to_file()
-    data = buf.getvalue()
+    with tempfile.TemporaryDirectory(prefix="grokfetch-gguf-header-") as tmp:
+        path = Path(tmp) / "header.gguf"  # gguf-py's public writer only writes to files
+        w.write_header_to_file(path)
+        w.write_kv_data_to_file()
+        w.write_ti_data_to_file()
+        w.close()
+        data = path.read_bytes()
     return data + b"\0" * (-len(data) % ALIGN)
 
 
