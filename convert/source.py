@@ -33,12 +33,12 @@ from grokfetch.checkpoint.dequant import BF16, dequantize
 from grokfetch.checkpoint.pickle_format import QW8Ref
 from grokfetch.checkpoint.reader import Checkpoint, TensorFile, scales_problem
 from grokfetch.errors import CheckpointError, GrokfetchError, UsageError
+from grokfetch.fsutil import drop_pages
 from grokfetch.integrity.dlstate import find_download
 from grokfetch.integrity.pieces import check_torrent
 from grokfetch.progress import NULL_PROGRESS, Progress
 from grokfetch.spec import TensorSpec
 
-PAGE = mmap.PAGESIZE
 #: Rows per strip of :func:`blocked_transpose` for the dequantizing path (a float32 product
 #: follows); the safetensors int8 path uses 64 (the fastest of 64-1024 tried there).
 TRANSPOSE_BLOCK = 512
@@ -159,13 +159,7 @@ class SourceTensor:
 
     def _drop(self, start: int, length: int) -> None:
         assert self._map is not None
-        lo = start // PAGE * PAGE
-        hi = min(len(self._map), -(-(start + length) // PAGE) * PAGE)
-        if hi > lo and hasattr(mmap, "MADV_DONTNEED"):
-            try:
-                self._map.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
-            except (OSError, ValueError):
-                pass
+        drop_pages(self._map, start, length)
 
     def close(self) -> None:
         self.weight = self.scales = None  # type: ignore[assignment]

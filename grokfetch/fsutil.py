@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import math
+import mmap
 import os
 import shutil
 import stat
@@ -318,3 +319,32 @@ def parse_size(text: str | int | None) -> int | None:
     if not math.isfinite(value) or value < 0 or value > 2**62:
         raise UsageError(f"bad size {text!r}: must be a finite, non-negative number of bytes")
     return int(value)
+
+
+# --- resident memory of mapped files ------------------------------------------------------------
+
+
+def drop_pages(mapping: mmap.mmap, start: int, length: int) -> None:
+    """Drop bytes ``start .. start + length`` of a read-only mapping from this process's resident
+    set (the page cache keeps them, so a later read costs no disk I/O): how a file far larger than
+    memory is read front to back. Whole pages only; nothing where ``MADV_DONTNEED`` is missing."""
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    lo = start // mmap.PAGESIZE * mmap.PAGESIZE
+    hi = min(len(mapping), -(-(start + length) // mmap.PAGESIZE) * mmap.PAGESIZE)
+    if advice is None or hi <= lo:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        mapping.madvise(advice, lo, hi - lo)
+
+
+def drop_view_pages(view) -> None:
+    """:func:`drop_pages` for the bytes of a C-contiguous numpy view of a memory map (an
+    ``np.memmap`` or an array over an ``mmap.mmap``); nothing for any other array."""
+    import numpy as np
+
+    base = view
+    while base is not None and not isinstance(base, mmap.mmap):
+        base = getattr(base, "base", None)
+    if base is None or not view.flags.c_contiguous:
+        return
+    drop_pages(base, view.ctypes.data - np.frombuffer(base, np.uint8).ctypes.data, view.nbytes)

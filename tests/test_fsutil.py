@@ -75,3 +75,28 @@ def test_atomic_file_cleans_up_when_the_flush_fails(tmp_path, monkeypatch):
         with atomic_file(target) as f:
             f.write(b"x" * 10)
     assert not target.exists() and not (tmp_path / "out.bin.partial").exists()
+
+
+def _rss_file_kib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("RssFile:"))
+
+
+def test_drop_view_pages_leaves_the_resident_set_and_keeps_the_data(tmp_path):
+    import numpy as np
+
+    from grokfetch.fsutil import drop_view_pages
+
+    path = tmp_path / "big.bin"
+    data = np.random.default_rng(0).integers(0, 255, 16 << 20, dtype=np.uint8)
+    data.tofile(path)
+    mm = np.memmap(path, mode="r")
+    view = mm[3 << 20:13 << 20].view(np.uint32)   # a view of a view, not page-aligned at the end
+    before = _rss_file_kib()
+    total = int(view.sum(dtype=np.uint64))
+    touched = _rss_file_kib()
+    drop_view_pages(view)
+    dropped = _rss_file_kib()
+    assert touched - before >= 9 << 10 and dropped - before <= 1 << 10
+    assert int(view.sum(dtype=np.uint64)) == total == int(data[3 << 20:13 << 20].view(np.uint32).sum(dtype=np.uint64))
+    drop_view_pages(np.arange(10))   # not a mapping: nothing happens

@@ -19,7 +19,6 @@ layers the file does not hold are skipped.
 from __future__ import annotations
 
 import inspect
-import mmap
 import re
 import struct
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ from gguf import quants as gq
 
 from grokfetch.checkpoint.reader import BF16
 from grokfetch.errors import CheckpointError, NotFoundError
+from grokfetch.fsutil import drop_view_pages
 from grokfetch.spec import TensorSpec, TensorTable
 
 #: ``general.architecture`` of the files grokfetch writes (llama.cpp's ``grok``).
@@ -167,13 +167,7 @@ class GGUFModel:
     def release(self, name: str) -> None:
         """Drop a tensor's pages from this process's resident memory (the page cache keeps
         them), so reading a model tensor by tensor holds about one tensor at a time."""
-        advice = getattr(mmap, "MADV_DONTNEED", None)
-        mm = getattr(self._owner[name].data, "_mmap", None)
-        if advice is None or mm is None:
-            return
-        t = self.tensors[name]
-        start = int(t.data_offset) // mmap.PAGESIZE * mmap.PAGESIZE
-        mm.madvise(advice, start, int(t.data_offset) + int(t.n_bytes) - start)
+        drop_view_pages(self.tensors[name].data)
 
 
 @dataclass(frozen=True)

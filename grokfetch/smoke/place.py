@@ -11,12 +11,13 @@ holds about one chunk of a tensor, never its dense values.
 
 from __future__ import annotations
 
-import mmap
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
+
+from grokfetch.fsutil import drop_view_pages
 
 #: Stored bytes of one chunk of rows that :func:`place_dequantized` sends up at a time.
 UPLOAD_CHUNK = 32 * 1024 * 1024
@@ -105,22 +106,8 @@ def place_stored(stored: Any, block_axes: tuple, mesh: Any, dense: tuple[tuple, 
         out = update(out, chunk, np.int32(r0))
         jax.block_until_ready(out)
         chunk.delete()
-        _release(view)
+        drop_view_pages(view)
     return out
-
-
-def _release(view: np.ndarray) -> None:
-    """Drop a memory-mapped, contiguous view's pages from the resident set (the page cache
-    keeps them); nothing for other arrays."""
-    base = view
-    while base is not None and not isinstance(base, mmap.mmap):
-        base = getattr(base, "base", None)
-    advice = getattr(mmap, "MADV_DONTNEED", None)
-    if base is None or advice is None or not view.flags.c_contiguous:
-        return
-    start = view.ctypes.data - np.frombuffer(base, np.uint8).ctypes.data
-    first = start // mmap.PAGESIZE * mmap.PAGESIZE
-    base.madvise(advice, first, start + view.nbytes - first)
 
 
 @lru_cache(maxsize=32)
